@@ -1,0 +1,40 @@
+# pipesim: common tasks. `make install trace simulate` runs the bundled example end to end.
+PYTHON ?= python3
+EXAMPLE ?= llama8b_pp2
+CLUSTER ?= configs/cluster/single_node_pp_instance.json
+TRACE_DIR = traces/$(EXAMPLE)
+
+.PHONY: install trace simulate test bench lint proto-check clean
+
+install:
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+# One serving iteration of Llama-3.1-8B on the seed's PP=2 cluster: a 512-token prefill and 32 decodes.
+trace:
+	pipesim trace --cluster-config $(CLUSTER) --prefill 512 --decode 32x1024 --name $(EXAMPLE)
+
+# Replay what `make trace` wrote, exactly as ASTRA-Sim would be run on it (builtin engine by default).
+simulate:
+	pipesim replay --workload-configuration=$(TRACE_DIR)/llm \
+	  --system-configuration=$(TRACE_DIR)/system.json \
+	  --network-configuration=$(TRACE_DIR)/network.yml \
+	  --remote-memory-configuration=$(TRACE_DIR)/memory.json \
+	  $(if $(wildcard $(TRACE_DIR)/comm_groups.json),--comm-group-configuration=$(TRACE_DIR)/comm_groups.json,)
+
+test:
+	$(PYTHON) -m pytest
+
+bench:
+	$(PYTHON) scripts/bench_trace.py
+	$(PYTHON) scripts/bench_engine.py
+
+lint:
+	ruff check .
+	ruff format --check .
+
+# The Chakra classes are built in code (llm_converter/chakra/schema.py); this checks them against the .proto.
+proto-check:
+	$(PYTHON) -m pytest tests/test_chakra_schema.py
+
+clean:
+	find traces -mindepth 1 ! -name README.md -exec rm -rf {} +

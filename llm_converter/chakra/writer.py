@@ -1,0 +1,215 @@
+"""Chakra `.et` writer: length-delimited GlobalMetadata then Node records, canonical attribute kinds.
+
+The encoder is hand-rolled for speed (a serving run writes millions of nodes); its output is byte-identical
+to protobuf's own SerializeToString of the same message (tests compare both), field order included.
+Attribute order: is_cpu_op, num_ops, tensor_size, comm_type, comm_src, comm_dst, comm_tag, comm_size,
+comm_priority, pg_name, involved_dim, then extra attributes verbatim.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from llm_converter.errors import PipesimError
+from llm_converter.graph import Graph, Node, Workload
+
+_SMALL_VARINTS = [bytes([v]) for v in range(128)]
+
+
+def varint(value: int) -> bytes:
+    """Unsigned LEB128; negative values are taken as their 64-bit two's complement (protobuf's int32/int64)."""
+    if 0 <= value < 128:
+        return _SMALL_VARINTS[value]
+    if value < 0:
+        value &= (1 << 64) - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(tag: bytes, payload: bytes) -> bytes:
+    return tag + varint(len(payload)) + payload
+
+
+def _attr_prefix(name: str) -> bytes:
+    encoded = name.encode()
+    return b"\x0a" + varint(len(encoded)) + encoded
+
+
+# Pre-encoded `name` part of each known attribute, and the value tags of the canonical kinds.
+_IS_CPU_OP = _attr_prefix("is_cpu_op")
+_NUM_OPS = _attr_prefix("num_ops")
+_TENSOR_SIZE = _attr_prefix("tensor_size")
+_COMM_TYPE = _attr_prefix("comm_type")
+_COMM_SRC = _attr_prefix("comm_src")
+_COMM_DST = _attr_prefix("comm_dst")
+_COMM_TAG = _attr_prefix("comm_tag")
+_COMM_SIZE = _attr_prefix("comm_size")
+_COMM_PRIORITY = _attr_prefix("comm_priority")
+_PG_NAME = _attr_prefix("pg_name")
+_INVOLVED_DIM = _attr_prefix("involved_dim")
+_INT32 = b"\x38"
+_INT64 = b"\x48"
+_UINT64 = b"\x68"
+_BOOL = b"\xd8\x01"
+_BOOL_LIST = b"\xe2\x01"
+_STRING = b"\xea\x01"
+_ATTR = b"\x52"
+
+# Whole attribute records for the two is_cpu_op values (nearly every node carries one).
+_IS_CPU_OP_RECORD = {
+    value: _length_delimited(_ATTR, _IS_CPU_OP + _BOOL + (b"\x01" if value else b"\x00")) for value in (False, True)
+}
+
+KNOWN_ATTRIBUTES = frozenset(
+    {
+        "is_cpu_op",
+        "num_ops",
+        "tensor_size",
+        "comm_type",
+        "comm_src",
+        "comm_dst",
+        "comm_tag",
+        "comm_size",
+        "comm_priority",
+        "pg_name",
+        "involved_dim",
+    }
+)
+
+
+def _int_attr(prefix: bytes, tag: bytes, value: int) -> bytes:
+    body = prefix + tag + varint(value)
+    return _ATTR + varint(len(body)) + body
+
+
+def _packed(values: list[int]) -> bytes:
+    if all(0 <= v < 128 for v in values):
+        return bytes(values)
+    return b"".join(varint(v) for v in values)
+
+
+def encode_attributes(node: Node) -> list[bytes]:
+    """The node's attribute records (each `52 len AttributeProto`), in canonical order."""
+    replaced = {name for name, _ in node.extra_attrs} if node.extra_attrs else ()
+    out: list[bytes] = []
+    if node.is_cpu_op is not None and "is_cpu_op" not in replaced:
+        out.append(_IS_CPU_OP_RECORD[bool(node.is_cpu_op)])
+    for prefix, tag, value, name in (
+        (_NUM_OPS, _INT64, node.num_ops, "num_ops"),
+        (_TENSOR_SIZE, _UINT64, node.tensor_size, "tensor_size"),
+        (_COMM_TYPE, _INT64, node.comm_type, "comm_type"),
+        (_COMM_SRC, _INT32, node.comm_src, "comm_src"),
+        (_COMM_DST, _INT32, node.comm_dst, "comm_dst"),
+        (_COMM_TAG, _INT32, node.comm_tag, "comm_tag"),
+        (_COMM_SIZE, _INT64, node.comm_size, "comm_size"),
+        (_COMM_PRIORITY, _INT32, node.comm_priority, "comm_priority"),
+    ):
+        if value is not None and name not in replaced:
+            out.append(_int_attr(prefix, tag, value))
+    if node.pg_name is not None and "pg_name" not in replaced:
+        out.append(_length_delimited(_ATTR, _PG_NAME + _length_delimited(_STRING, node.pg_name.encode())))
+    if node.involved_dim is not None and "involved_dim" not in replaced:
+        bools = bytes(1 if flag else 0 for flag in node.involved_dim)
+        wrapper = _length_delimited(b"\x0a", bools) if bools else b""
+        out.append(_length_delimited(_ATTR, _INVOLVED_DIM + _length_delimited(_BOOL_LIST, wrapper)))
+    for _, raw in node.extra_attrs:
+        out.append(_length_delimited(_ATTR, raw))
+    return out
+
+
+def encode_node(node: Node) -> bytes:
+    """The serialized `Node` message (without its length prefix)."""
+    parts: list[bytes] = []
+    if node.id:
+        parts.append(b"\x08" + varint(node.id))
+    if node.name:
+        name = node.name.encode()
+        parts.append(b"\x12" + varint(len(name)) + name)
+    if node.type:
+        parts.append(b"\x18" + _SMALL_VARINTS[node.type])
+    if node.ctrl_deps:
+        parts.append(_length_delimited(b"\x22", _packed(node.ctrl_deps)))
+    if node.data_deps:
+        parts.append(_length_delimited(b"\x2a", _packed(node.data_deps)))
+    if node.start_time_micros:
+        parts.append(b"\x30" + varint(node.start_time_micros))
+    if node.duration_micros:
+        parts.append(b"\x38" + varint(node.duration_micros))
+    if node.inputs is not None:
+        parts.append(_length_delimited(b"\x42", node.inputs))
+    if node.outputs is not None:
+        parts.append(_length_delimited(b"\x4a", node.outputs))
+    parts.extend(encode_attributes(node))
+    return b"".join(parts)
+
+
+def encode_metadata(graph: Graph) -> bytes:
+    parts = []
+    if graph.version:
+        version = graph.version.encode()
+        parts.append(b"\x0a" + varint(len(version)) + version)
+    for raw in graph.metadata_attrs:
+        parts.append(_length_delimited(b"\x12", raw))
+    return b"".join(parts)
+
+
+def encode_graph(graph: Graph) -> bytes:
+    """The whole `.et` file of one NPU."""
+    metadata = encode_metadata(graph)
+    records = [varint(len(metadata)), metadata]
+    for node in graph.nodes:
+        body = encode_node(node)
+        if not body:
+            raise PipesimError(
+                f"rank {graph.rank}: node id 0 has no name, type or attributes; Chakra's reader would stop at it "
+                "(give it a name or type)"
+            )
+        records.append(varint(len(body)))
+        records.append(body)
+    return b"".join(records)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def et_path(prefix: Path | str, rank: int) -> Path:
+    """`<prefix>.<rank>.et`, as ASTRA-Sim opens it (decimal rank, no padding)."""
+    return Path(f"{prefix}.{rank}.et")
+
+
+def write_graph(path: Path | str, graph: Graph) -> int:
+    """Write one `.et` file atomically; returns the number of bytes written."""
+    data = encode_graph(graph)
+    write_atomic(Path(path), data)
+    return len(data)
+
+
+def write_workload(prefix: Path | str, workload: Workload | Iterable[Graph]) -> list[Path]:
+    """Write `<prefix>.<rank>.et` for every rank; returns the paths."""
+    graphs = workload.graphs if isinstance(workload, Workload) else list(workload)
+    paths = []
+    for rank, graph in enumerate(graphs):
+        if graph.rank != rank:
+            raise PipesimError(f"graph {rank} says it is rank {graph.rank}: graphs must be ordered by rank")
+        path = et_path(prefix, rank)
+        write_graph(path, graph)
+        paths.append(path)
+    return paths
