@@ -1,3 +1,90 @@
-"""Placeholder: verbs are added by their owners."""
+"""`pipesim inspect` and `pipesim validate`: look into .et files and check a workload before running it."""
 
-from astra_driver.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from astra_driver.cli import app
+from llm_converter.chakra import inspect as chakra_inspect
+from llm_converter.chakra.reader import read_graph, read_workload
+from llm_converter.chakra.validator import ValidationReport, validate_workload
+from llm_converter.chakra.writer import write_atomic
+from llm_converter.errors import PipesimError
+from llm_converter.graph import Graph
+
+
+def load_graphs(file_or_prefix: str) -> list[Graph]:
+    """One `.et` file, or every `<prefix>.<rank>.et` of a workload prefix."""
+    path = Path(file_or_prefix)
+    if path.suffix == ".et" and path.is_file():
+        return [read_graph(path)]
+    return read_workload(file_or_prefix).graphs
+
+
+def _comm_groups_beside(prefix: str, explicit: Path | None) -> dict[str, list[int]]:
+    from astra_driver.astra_config import load_comm_groups
+
+    if explicit is not None:
+        return load_comm_groups(explicit)
+    beside = Path(prefix).parent / "comm_groups.json"
+    return load_comm_groups(beside) if beside.is_file() else {}
+
+
+def validate_prefix(prefix: str, comm_groups: Path | None = None, roofline: bool = False) -> ValidationReport:
+    """Read every rank of `prefix` (with comm_groups.json beside it, if any) and validate the workload."""
+    workload = read_workload(prefix)
+    workload.comm_groups = _comm_groups_beside(prefix, comm_groups)
+    return validate_workload(workload, roofline=roofline)
+
+
+@app.command()
+def inspect(
+    file_or_prefix: Annotated[str, typer.Argument(help="An .et file, or a workload prefix (traces/x/llm).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Protobuf's JSON mapping, like Chakra's jsonizer.")] = False,
+    dot: Annotated[bool, typer.Option("--dot", help="Graphviz DOT (data edges plain, ctrl edges tee).")] = False,
+    graphml: Annotated[bool, typer.Option("--graphml", help="GraphML (edge attribute dependency).")] = False,
+    summary_json: Annotated[bool, typer.Option("--summary-json", help="The summary as JSON.")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Summarise .et files: nodes by type, compute time, bytes per peer, critical path."""
+    if sum((as_json, dot, graphml, summary_json)) > 1:
+        raise PipesimError("inspect: choose one of --json, --dot, --graphml, --summary-json")
+    graphs = load_graphs(file_or_prefix)
+    if as_json:
+        text = "".join(chakra_inspect.to_json(graph) for graph in graphs)
+    elif dot:
+        text = "".join(chakra_inspect.to_dot(graph) for graph in graphs)
+    elif graphml:
+        text = "".join(chakra_inspect.to_graphml(graph) for graph in graphs)
+    elif summary_json:
+        text = json.dumps([chakra_inspect.summarize(graph).to_dict() for graph in graphs], indent=2) + "\n"
+    else:
+        text = "\n".join(chakra_inspect.format_summary(chakra_inspect.summarize(graph)) for graph in graphs) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        write_atomic(output, text.encode())
+
+
+@app.command()
+def validate(
+    prefix: Annotated[str, typer.Argument(help="Workload prefix: reads <prefix>.0.et, <prefix>.1.et, ...")],
+    comm_group_configuration: Annotated[
+        Path | None,
+        typer.Option("--comm-group-configuration", help="Groups file (default: comm_groups.json beside the files)."),
+    ] = None,
+    roofline: Annotated[bool, typer.Option(help="Also require num_ops and tensor_size on compute nodes.")] = False,
+) -> None:
+    """Check a workload loads and can run to completion: ids, deps, cycles, attributes, send/recv pairs, groups."""
+    report = validate_prefix(prefix, comm_group_configuration, roofline)
+    if report.ok:
+        typer.echo(report.summary())
+        return
+    for problem in report.problems:
+        typer.echo(str(problem), err=True)
+    first = report.problems[0]
+    raise PipesimError(f"{prefix}: {report.summary()}; first: {first}")

@@ -89,9 +89,9 @@ def iter_records(path: Path) -> Iterator[tuple[int, bytes]]:
                         break
                     shift += 7
                     if shift > 35:
-                        raise PipesimError(f"{path}: byte {start}: length prefix longer than 5 bytes (not a Chakra trace)")
+                        raise PipesimError(f"{path}: byte {start}: length prefix over 5 bytes (not a Chakra trace)")
                 if length >= _MAX_RECORD:
-                    raise PipesimError(f"{path}: byte {start}: record length {length} is over 2 GiB (not a Chakra trace)")
+                    raise PipesimError(f"{path}: byte {start}: record length {length} over 2 GiB (not a Chakra trace)")
                 end = pos + length
                 if end > size:
                     raise PipesimError(
@@ -179,7 +179,7 @@ def read_graph(path: Path | str, rank: int | None = None) -> Graph:
         try:
             message.ParseFromString(payload)
         except DecodeError:
-            raise PipesimError(f"{path}: byte {offset}: node record does not parse (corrupt or not a Chakra trace)") from None
+            raise PipesimError(f"{path}: byte {offset}: node record does not parse (corrupt, or not Chakra)") from None
         graph.nodes.append(node_from_message(message, path, offset))
     return graph
 

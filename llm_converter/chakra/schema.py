@@ -143,7 +143,7 @@ def build_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
         _field(attribute, f"{kind}_val", 3 + 2 * index, ftype, oneof_index=0)
         _field(attribute, f"{kind}_list", 4 + 2 * index, _F.TYPE_MESSAGE, type_name=list_name, oneof_index=0)
 
-    for kind, ftype, list_name in ATTRIBUTE_KINDS:
+    for _kind, ftype, list_name in ATTRIBUTE_KINDS:
         wrapper = file.message_type.add()
         wrapper.name = list_name
         _field(wrapper, "values", 1, ftype, _REPEATED)

@@ -1,0 +1,200 @@
+"""Chakra .et writer and reader: byte-exact against protobuf and the spec, loss-free on real traces."""
+
+from __future__ import annotations
+
+import gzip
+import random
+
+import pytest
+
+from llm_converter.chakra import schema
+from llm_converter.chakra.reader import read_graph, read_workload
+from llm_converter.chakra.writer import encode_graph, encode_node, et_path, varint, write_workload
+from llm_converter.errors import PipesimError
+from llm_converter.graph import CollectiveType, Graph, GraphBuilder, Node, NodeType, Workload
+from tests.conftest import CONFORMANCE, conformance_cases
+
+# CHAKRA_ET_SPEC section 7: the 178 bytes of pipe.0.et (NPU 0 computes, then sends 1 MiB to NPU 1).
+SPEC_PIPE0 = bytes.fromhex(
+    """
+    07 0a 05 30 2e 30 2e 34 45 12 0a 73 74 61 67 65 30 5f 66 77 64 18 04 38 64 52 0e 0a 09 69 73 5f
+    63 70 75 5f 6f 70 d8 01 00 52 0f 0a 07 6e 75 6d 5f 6f 70 73 48 80 a8 d6 b9 07 52 12 0a 0b 74 65
+    6e 73 6f 72 5f 73 69 7a 65 68 80 80 80 02 63 08 01 12 0f 73 74 61 67 65 30 5f 73 65 6e 64 5f 61
+    63 74 18 05 2a 01 00 52 0e 0a 09 69 73 5f 63 70 75 5f 6f 70 d8 01 00 52 0c 0a 08 63 6f 6d 6d 5f
+    73 72 63 38 00 52 0c 0a 08 63 6f 6d 6d 5f 64 73 74 38 01 52 0c 0a 08 63 6f 6d 6d 5f 74 61 67 38
+    07 52 0f 0a 09 63 6f 6d 6d 5f 73 69 7a 65 48 80 80 40
+    """
+)
+
+
+def _spec_pipe0() -> Graph:
+    builder = GraphBuilder(rank=0)
+    fwd = builder.comp("stage0_fwd", 100, num_ops=2_000_000_000, tensor_size=4_194_304)
+    builder.send("stage0_send_act", dst=1, tag=7, size=1_048_576, deps=[fwd])
+    return builder.graph
+
+
+def test_spec_worked_example_bytes() -> None:
+    assert encode_graph(_spec_pipe0()) == SPEC_PIPE0
+    assert len(SPEC_PIPE0) == 178
+
+
+def _random_node(rng: random.Random, node_id: int) -> Node:
+    kind = rng.choice(list(NodeType)[2:])
+    node = Node(node_id, f"n{node_id}" * rng.randint(0, 3), kind, is_cpu_op=rng.choice([None, False, True]))
+    node.data_deps = rng.sample(range(max(node_id, 1)), min(node_id, rng.randint(0, 3)))
+    node.ctrl_deps = [rng.randint(0, 300) for _ in range(rng.randint(0, 2))]
+    node.duration_micros = rng.choice([0, 1, 127, 128, 10**12])
+    node.start_time_micros = rng.choice([0, 5])
+    if kind == NodeType.COMP_NODE:
+        node.num_ops = rng.choice([None, 0, 10**15])
+        node.tensor_size = rng.choice([None, 1, 2**40])
+    if kind in (NodeType.COMM_SEND_NODE, NodeType.COMM_RECV_NODE):
+        node.comm_src, node.comm_dst = rng.randint(0, 1000), rng.randint(0, 1000)
+        node.comm_tag = rng.choice([0, 7, 2**31 - 1, -1])
+        node.comm_size = rng.choice([1, 2**33])
+    if kind == NodeType.COMM_COLL_NODE:
+        node.comm_type = int(rng.choice(list(CollectiveType)))
+        node.comm_size = rng.choice([1, 2**20])
+        node.pg_name = rng.choice([None, "", "3"])
+        node.involved_dim = rng.choice([None, [], [True, False, True]])
+        node.comm_priority = rng.choice([None, -5, 3])
+    return node
+
+
+def _to_message(node: Node):
+    """The same node built through protobuf's own API (independent of our encoder)."""
+    message = schema.Node(
+        id=node.id,
+        name=node.name,
+        type=int(node.type),
+        data_deps=node.data_deps,
+        ctrl_deps=node.ctrl_deps,
+        duration_micros=node.duration_micros,
+        start_time_micros=node.start_time_micros,
+    )
+    if node.is_cpu_op is not None:
+        message.attr.add(name="is_cpu_op", bool_val=bool(node.is_cpu_op))
+    for name, kind in (
+        ("num_ops", "int64_val"),
+        ("tensor_size", "uint64_val"),
+        ("comm_type", "int64_val"),
+        ("comm_src", "int32_val"),
+        ("comm_dst", "int32_val"),
+        ("comm_tag", "int32_val"),
+        ("comm_size", "int64_val"),
+        ("comm_priority", "int32_val"),
+    ):
+        value = getattr(node, name)
+        if value is not None:
+            message.attr.add(name=name, **{kind: value})
+    if node.pg_name is not None:
+        message.attr.add(name="pg_name", string_val=node.pg_name)
+    if node.involved_dim is not None:
+        attr = message.attr.add(name="involved_dim")
+        attr.bool_list.SetInParent()
+        attr.bool_list.values.extend(node.involved_dim)
+    return message
+
+
+def test_encoder_matches_protobuf_serializer() -> None:
+    rng = random.Random(1)
+    for node_id in range(400):
+        node = _random_node(rng, node_id)
+        assert encode_node(node) == _to_message(node).SerializeToString(), node
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32, 2**63, -1, -(2**31)])
+def test_varint_matches_protobuf(value: int) -> None:
+    message = schema.AttributeProto(int64_val=value) if value < 2**63 else schema.AttributeProto(uint64_val=value)
+    assert message.SerializeToString()[1:] == varint(value)
+
+
+@pytest.mark.parametrize("case", conformance_cases())
+def test_conformance_traces_round_trip_byte_identical(case: str) -> None:
+    paths = sorted((CONFORMANCE / case).glob("workload.*.et"))
+    assert paths
+    for path in paths:
+        graph = read_graph(path)
+        assert encode_graph(graph) == path.read_bytes()
+
+
+def test_unknown_and_noncanonical_attributes_survive(tmp_path) -> None:
+    node = schema.Node(id=3, name="COMM_SEND_NODE_x", type=5)
+    node.attr.add(name="comm_dst", uint64_val=1)  # non-canonical kind: kept as written, value still read
+    node.attr.add(name="comm_tag", int32_val=4)
+    node.attr.add(name="comm_size", int64_val=64)
+    node.attr.add(name="rf_id", int64_val=99)
+    node.inputs.SetInParent()
+    metadata = schema.GlobalMetadata(version="1.0.0")
+    metadata.attr.add(name="schema", string_val="x")
+    data = b""
+    for message in (metadata, node):
+        body = message.SerializeToString()
+        data += varint(len(body)) + body
+    path = tmp_path / "t.0.et"
+    path.write_bytes(data)
+    graph = read_graph(path)
+    assert graph.version == "1.0.0"
+    (read,) = graph.nodes
+    assert (read.comm_dst, read.comm_tag, read.comm_size, read.inputs) == (1, 4, 64, b"")
+    assert [name for name, _ in read.extra_attrs] == ["comm_dst", "rf_id"]
+    reparsed = schema.Node()
+    reparsed.ParseFromString(encode_node(read))
+    assert {a.name: a.WhichOneof("value") for a in reparsed.attr} == {
+        "comm_dst": "uint64_val",
+        "comm_tag": "int32_val",
+        "comm_size": "int64_val",
+        "rf_id": "int64_val",
+    }
+
+
+def test_write_workload_names_files_by_rank(tmp_path) -> None:
+    graphs = [GraphBuilder(rank=r).graph for r in range(3)]
+    for graph in graphs:
+        graph.nodes.append(Node(0, "COMP_NODE_x", NodeType.COMP_NODE, duration_micros=graph.rank + 1))
+    paths = write_workload(tmp_path / "llm", Workload(graphs))
+    assert [p.name for p in paths] == ["llm.0.et", "llm.1.et", "llm.2.et"]
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+    back = read_workload(tmp_path / "llm")
+    assert [g.nodes[0].duration_micros for g in back.graphs] == [1, 2, 3]
+
+
+def test_all_default_node_is_refused() -> None:
+    with pytest.raises(PipesimError, match="node id 0"):
+        encode_graph(Graph(rank=0, nodes=[Node(0, "", NodeType.INVALID_NODE, is_cpu_op=None)]))
+
+
+def _good_bytes() -> bytes:
+    return encode_graph(_spec_pipe0())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pattern"),
+    [
+        (lambda b: b"", r"empty file, byte 0"),
+        (lambda b: gzip.compress(b), r"byte 0: gzip"),
+        (lambda b: b[:-5], r"byte 78: record of 99 bytes runs past the end"),
+        (lambda b: b + b"\xff", r"byte 178: truncated length prefix"),
+        (lambda b: b + b"\x00", r"byte 178: zero-length node record"),
+        (lambda b: b + b"\x03\xff\xff\xff", r"byte 178: node record does not parse"),
+        (lambda b: b + b"\xff\xff\xff\xff\xff\xff\x01", r"byte 178: length prefix over 5 bytes"),
+        (lambda b: b + b"\x02\x18\x09", r"byte 178: node 0 has unknown type 9"),
+    ],
+)
+def test_reader_rejects_bad_files(tmp_path, mutate, pattern) -> None:
+    path = tmp_path / "bad.0.et"
+    path.write_bytes(mutate(_good_bytes()))
+    with pytest.raises(PipesimError, match=pattern) as info:
+        read_graph(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_files_are_named(tmp_path) -> None:
+    with pytest.raises(PipesimError, match=r"llm\.0\.et: no such file"):
+        read_workload(tmp_path / "llm")
+    with pytest.raises(PipesimError, match=r"llm\.1\.et: no such file"):
+        (tmp_path / "llm.0.et").write_bytes(_good_bytes())
+        read_workload(tmp_path / "llm", npus=2)
+    assert et_path("a/b", 12).name == "b.12.et"
