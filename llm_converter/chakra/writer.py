@@ -17,12 +17,12 @@ from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph, Node, Workload
 
 _SMALL_VARINTS = [bytes([v]) for v in range(128)]
+# Traces repeat the same sizes, ids and op counts a lot: memoise encodings (bounded, so memory stays flat).
+_VARINT_CACHE: dict[int, bytes] = {}
+_CACHE_LIMIT = 1 << 17
 
 
-def varint(value: int) -> bytes:
-    """Unsigned LEB128; negative values are taken as their 64-bit two's complement (protobuf's int32/int64)."""
-    if 0 <= value < 128:
-        return _SMALL_VARINTS[value]
+def _encode_varint(value: int) -> bytes:
     if value < 0:
         value &= (1 << 64) - 1
     out = bytearray()
@@ -31,6 +31,20 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def varint(value: int) -> bytes:
+    """Unsigned LEB128; negative values are taken as their 64-bit two's complement (protobuf's int32/int64)."""
+    cached = _VARINT_CACHE.get(value)
+    if cached is None:
+        cached = _encode_varint(value)
+        if len(_VARINT_CACHE) < _CACHE_LIMIT:
+            _VARINT_CACHE[value] = cached
+    return cached
+
+
+for _value in range(1 << 14):
+    _VARINT_CACHE[_value] = _encode_varint(_value)
 
 
 def _length_delimited(tag: bytes, payload: bytes) -> bytes:
@@ -84,41 +98,106 @@ KNOWN_ATTRIBUTES = frozenset(
 )
 
 
-def _int_attr(prefix: bytes, tag: bytes, value: int) -> bytes:
-    body = prefix + tag + varint(value)
-    return _ATTR + varint(len(body)) + body
+_TYPE_FIELD = [b"\x18" + bytes([t]) for t in range(8)]
 
 
 def _packed(values: list[int]) -> bytes:
+    if len(values) == 1:
+        return varint(values[0])
     if all(0 <= v < 128 for v in values):
         return bytes(values)
     return b"".join(varint(v) for v in values)
 
 
+# Known integer attributes in canonical order: `name` part + canonical value tag.
+_INT_HEADS = {
+    "num_ops": _NUM_OPS + _INT64,
+    "tensor_size": _TENSOR_SIZE + _UINT64,
+    "comm_type": _COMM_TYPE + _INT64,
+    "comm_src": _COMM_SRC + _INT32,
+    "comm_dst": _COMM_DST + _INT32,
+    "comm_tag": _COMM_TAG + _INT32,
+    "comm_size": _COMM_SIZE + _INT64,
+    "comm_priority": _COMM_PRIORITY + _INT32,
+}
+_NUM_OPS_HEAD = _INT_HEADS["num_ops"]
+_TENSOR_SIZE_HEAD = _INT_HEADS["tensor_size"]
+_COMM_TYPE_HEAD = _INT_HEADS["comm_type"]
+_COMM_SRC_HEAD = _INT_HEADS["comm_src"]
+_COMM_DST_HEAD = _INT_HEADS["comm_dst"]
+_COMM_TAG_HEAD = _INT_HEADS["comm_tag"]
+_COMM_SIZE_HEAD = _INT_HEADS["comm_size"]
+_COMM_PRIORITY_HEAD = _INT_HEADS["comm_priority"]
+
+
+_ATTR_CACHE: dict[tuple[bytes, int], bytes] = {}
+
+
+def _attr(head: bytes, value: int) -> bytes:
+    key = (head, value)
+    record = _ATTR_CACHE.get(key)
+    if record is None:
+        body = head + varint(value)
+        record = b"\x52" + _SMALL_VARINTS[len(body)] + body  # every integer attribute body is < 128 bytes
+        if len(_ATTR_CACHE) < _CACHE_LIMIT:
+            _ATTR_CACHE[key] = record
+    return record
+
+
 def encode_attributes(node: Node) -> list[bytes]:
     """The node's attribute records (each `52 len AttributeProto`), in canonical order."""
-    replaced = {name for name, _ in node.extra_attrs} if node.extra_attrs else ()
+    if node.extra_attrs:
+        return _encode_attributes_with_extras(node)
+    out: list[bytes] = []
+    if node.is_cpu_op is not None:
+        out.append(_IS_CPU_OP_RECORD[bool(node.is_cpu_op)])
+    if node.num_ops is not None:
+        out.append(_attr(_NUM_OPS_HEAD, node.num_ops))
+    if node.tensor_size is not None:
+        out.append(_attr(_TENSOR_SIZE_HEAD, node.tensor_size))
+    if node.comm_type is not None:
+        out.append(_attr(_COMM_TYPE_HEAD, node.comm_type))
+    if node.comm_src is not None:
+        out.append(_attr(_COMM_SRC_HEAD, node.comm_src))
+    if node.comm_dst is not None:
+        out.append(_attr(_COMM_DST_HEAD, node.comm_dst))
+    if node.comm_tag is not None:
+        out.append(_attr(_COMM_TAG_HEAD, node.comm_tag))
+    if node.comm_size is not None:
+        out.append(_attr(_COMM_SIZE_HEAD, node.comm_size))
+    if node.comm_priority is not None:
+        out.append(_attr(_COMM_PRIORITY_HEAD, node.comm_priority))
+    if node.pg_name is not None:
+        out.append(_pg_name_record(node.pg_name))
+    if node.involved_dim is not None:
+        out.append(_involved_dim_record(node.involved_dim))
+    return out
+
+
+def _pg_name_record(pg_name: str) -> bytes:
+    return _length_delimited(_ATTR, _PG_NAME + _length_delimited(_STRING, pg_name.encode()))
+
+
+def _involved_dim_record(flags: list[bool]) -> bytes:
+    bools = bytes(1 if flag else 0 for flag in flags)
+    wrapper = _length_delimited(b"\x0a", bools) if bools else b""
+    return _length_delimited(_ATTR, _INVOLVED_DIM + _length_delimited(_BOOL_LIST, wrapper))
+
+
+def _encode_attributes_with_extras(node: Node) -> list[bytes]:
+    """Slow path: a known name among the extras replaces its typed field (it keeps its original kind)."""
+    replaced = {name for name, _ in node.extra_attrs}
     out: list[bytes] = []
     if node.is_cpu_op is not None and "is_cpu_op" not in replaced:
         out.append(_IS_CPU_OP_RECORD[bool(node.is_cpu_op)])
-    for prefix, tag, value, name in (
-        (_NUM_OPS, _INT64, node.num_ops, "num_ops"),
-        (_TENSOR_SIZE, _UINT64, node.tensor_size, "tensor_size"),
-        (_COMM_TYPE, _INT64, node.comm_type, "comm_type"),
-        (_COMM_SRC, _INT32, node.comm_src, "comm_src"),
-        (_COMM_DST, _INT32, node.comm_dst, "comm_dst"),
-        (_COMM_TAG, _INT32, node.comm_tag, "comm_tag"),
-        (_COMM_SIZE, _INT64, node.comm_size, "comm_size"),
-        (_COMM_PRIORITY, _INT32, node.comm_priority, "comm_priority"),
-    ):
+    for name, head in _INT_HEADS.items():
+        value = getattr(node, name)
         if value is not None and name not in replaced:
-            out.append(_int_attr(prefix, tag, value))
+            out.append(_attr(head, value))
     if node.pg_name is not None and "pg_name" not in replaced:
-        out.append(_length_delimited(_ATTR, _PG_NAME + _length_delimited(_STRING, node.pg_name.encode())))
+        out.append(_pg_name_record(node.pg_name))
     if node.involved_dim is not None and "involved_dim" not in replaced:
-        bools = bytes(1 if flag else 0 for flag in node.involved_dim)
-        wrapper = _length_delimited(b"\x0a", bools) if bools else b""
-        out.append(_length_delimited(_ATTR, _INVOLVED_DIM + _length_delimited(_BOOL_LIST, wrapper)))
+        out.append(_involved_dim_record(node.involved_dim))
     for _, raw in node.extra_attrs:
         out.append(_length_delimited(_ATTR, raw))
     return out
@@ -133,7 +212,7 @@ def encode_node(node: Node) -> bytes:
         name = node.name.encode()
         parts.append(b"\x12" + varint(len(name)) + name)
     if node.type:
-        parts.append(b"\x18" + _SMALL_VARINTS[node.type])
+        parts.append(_TYPE_FIELD[node.type])
     if node.ctrl_deps:
         parts.append(_length_delimited(b"\x22", _packed(node.ctrl_deps)))
     if node.data_deps:
@@ -146,7 +225,7 @@ def encode_node(node: Node) -> bytes:
         parts.append(_length_delimited(b"\x42", node.inputs))
     if node.outputs is not None:
         parts.append(_length_delimited(b"\x4a", node.outputs))
-    parts.extend(encode_attributes(node))
+    parts += encode_attributes(node)
     return b"".join(parts)
 
 
