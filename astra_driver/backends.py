@@ -305,7 +305,7 @@ def _execute(
 def _failure_message(execution: _Execution) -> str:
     """The last line the process wrote to stderr (else stdout): an assertion, `terminate called ...`, ..."""
     last = _last_line(execution.stderr_path) or _last_line(execution.stdout_path)
-    return f": {last!r}" if last else " (it printed nothing)"
+    return f": {last}" if last else " (it printed nothing)"
 
 
 def _collect(
@@ -481,7 +481,8 @@ class DockerBackend:
         if probe.returncode != 0:
             detail = probe.stderr.decode(errors="replace").strip().splitlines()
             reason = detail[-1] if detail else "not found"
-            if "daemon" in reason.lower():
+            lowered = reason.lower()
+            if "no such image" not in lowered and ("cannot connect" in lowered or "daemon running" in lowered):
                 raise PipesimError(f"docker: {reason}; start the docker daemon")
             raise PipesimError(
                 f"docker image {image}: not found locally ({reason}); docker pull {image} or docker build it"

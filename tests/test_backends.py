@@ -1,0 +1,366 @@
+"""The backends: ASTRA-Sim's command line, the driver's handling of a binary's exit codes, output and logs
+(with fake executables written into tmp_path), docker, the builtin engine, and the real binary when given."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from astra_driver import backends
+from astra_driver.astra_output import NodeTime
+from astra_driver.backends import (
+    AstraSimBackend,
+    BackendOptions,
+    DockerBackend,
+    ReplayRun,
+    astra_sim_arguments,
+    get_backend,
+    replay,
+    resolve_astra_sim_bin,
+)
+from llm_converter.errors import PipesimError
+from tests.conftest import CONFORMANCE, conformance_cases
+from tests.fixtures.fake_astra import (
+    SMALL_EXPOSED_NS,
+    SMALL_FINISH_NS,
+    SMALL_NODE_TICKS,
+    fake_docker,
+    good_binary,
+    heredoc,
+    path_with,
+    small_stdout_lines,
+    write_script,
+    write_small_run,
+)
+
+
+def _engine_ready() -> bool:
+    try:
+        from astra_driver import engine
+    except ImportError:
+        return False
+    return hasattr(engine, "simulate")
+
+
+needs_engine = pytest.mark.skipif(not _engine_ready(), reason="astra_driver.engine.simulate has not landed yet")
+
+
+def _options(binary: Path) -> BackendOptions:
+    return BackendOptions(astra_sim_bin=str(binary), env={})
+
+
+def _conformance_run(case: str, logging_folder: Path | None = None) -> ReplayRun:
+    folder = CONFORMANCE / case
+    groups = folder / "comm_groups.json"
+    return ReplayRun(
+        workload=folder / "workload",
+        system=folder / "system.json",
+        network=folder / "network.yml",
+        memory=folder / "memory.json",
+        comm_groups=groups if groups.is_file() else None,
+        logging_folder=logging_folder,
+        timeout_s=120.0,
+    )
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def test_astra_sim_arguments_exact() -> None:
+    run = ReplayRun(Path("t/llm"), Path("s.json"), Path("n.yml"), Path("m.json"))
+    assert astra_sim_arguments(run, Path("logs")) == [
+        "--workload-configuration=t/llm",
+        "--system-configuration=s.json",
+        "--network-configuration=n.yml",
+        "--remote-memory-configuration=m.json",
+        "--logging-folder=logs",
+    ]
+    grouped = ReplayRun(Path("t/llm"), Path("s.json"), Path("n.yml"), Path("m.json"), comm_groups=Path("g.json"))
+    args = astra_sim_arguments(grouped, Path("logs"), absolute=True)
+    cwd = Path.cwd()
+    assert args == [
+        f"--workload-configuration={cwd / 't/llm'}",
+        f"--system-configuration={cwd / 's.json'}",
+        f"--network-configuration={cwd / 'n.yml'}",
+        f"--remote-memory-configuration={cwd / 'm.json'}",
+        f"--comm-group-configuration={cwd / 'g.json'}",
+        f"--logging-folder={cwd / 'logs'}",
+    ]
+
+
+def test_binary_command_defaults_to_astra_sims_log_folder(tmp_path: Path) -> None:
+    binary = good_binary(tmp_path / "astra")
+    run = ReplayRun(Path("w"), Path("s.json"), Path("n.yml"), Path("m.json"))
+    command = AstraSimBackend(_options(binary)).command(run)
+    assert command[0] == str(binary)
+    assert command[-1] == "--logging-folder=log"
+
+
+# --- resolving the binary ----------------------------------------------------------------------------------
+
+
+def test_binary_not_set() -> None:
+    with pytest.raises(PipesimError, match="pass --astra-sim-bin PATH or set ASTRA_SIM_BIN"):
+        resolve_astra_sim_bin(None, {})
+
+
+def test_binary_from_env_and_path(tmp_path: Path) -> None:
+    binary = good_binary(tmp_path / "bin" / "AstraSim_Fake")
+    assert resolve_astra_sim_bin(None, {"ASTRA_SIM_BIN": str(binary)}) == binary
+    # A bare name is looked up on PATH, like a shell would.
+    assert resolve_astra_sim_bin("AstraSim_Fake", {"PATH": str(tmp_path / "bin")}) == binary
+    with pytest.raises(PipesimError, match="AstraSim_Other: not found on PATH"):
+        resolve_astra_sim_bin("AstraSim_Other", {"PATH": str(tmp_path / "bin")})
+
+
+def test_binary_missing_directory_not_executable(tmp_path: Path) -> None:
+    with pytest.raises(PipesimError, match=r"no such file \(given as --astra-sim-bin\)"):
+        resolve_astra_sim_bin(str(tmp_path / "nope"), {})
+    with pytest.raises(PipesimError, match=r"is a directory \(given as \$ASTRA_SIM_BIN\)"):
+        resolve_astra_sim_bin(None, {"ASTRA_SIM_BIN": str(tmp_path)})
+    plain = tmp_path / "astra"
+    plain.write_text("#!/bin/bash\n")
+    with pytest.raises(PipesimError, match="not executable .*chmod \\+x"):
+        resolve_astra_sim_bin(str(plain), {})
+
+
+# --- a binary's runs ---------------------------------------------------------------------------------------
+
+
+def test_good_run_parses_stdout_and_trace(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    binary = good_binary(tmp_path / "astra")
+    result = replay(run, "astra-sim", _options(binary))
+    assert result.backend == "astra-sim"
+    assert result.finish_ns == SMALL_FINISH_NS
+    assert result.exposed_comm_ns == SMALL_EXPOSED_NS
+    assert result.finish_lines() == [
+        "sys[0] finished, 1020031 cycles, exposed communication 20031 cycles.",
+        "sys[1] finished, 2020031 cycles, exposed communication 1020031 cycles.",
+    ]
+    expected = [[], []]
+    for rank, node_id, name, node_type, issue, end in SMALL_NODE_TICKS:
+        expected[rank].append(NodeTime(node_id, name, node_type, issue, end))
+    assert result.node_times == expected
+    log = run.logging_folder
+    assert result.stdout_path == log / "astra-sim.stdout.txt"
+    assert result.log_path == log / "log.log"
+    # The binary got exactly ASTRA-Sim's flags.
+    assert (log / "args.txt").read_text().splitlines() == astra_sim_arguments(run, log)
+
+
+def test_stale_log_is_not_read_as_this_runs_trace(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    run.logging_folder.mkdir(parents=True)
+    (run.logging_folder / "log.log").write_text("issue,sys->id=1, tick=5, node->id=9, node->name=old, node->type=4\n")
+    binary = write_script(tmp_path / "astra", heredoc(small_stdout_lines()))  # writes no log.log
+    with pytest.raises(PipesimError, match="log.log: no such file"):
+        replay(run, "astra-sim", _options(binary))
+
+
+def test_node_times_need_trace_enabled(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run", trace_enabled=False)
+    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    with pytest.raises(PipesimError, match='system.json: trace-enabled is not set; add "trace-enabled": 1'):
+        replay(run, "astra-sim", _options(good_binary(tmp_path / "astra")))
+
+
+def test_exit_255_bad_options(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    binary = write_script(
+        tmp_path / "astra", "echo \"Error parsing options: Option 'workload-configuration' has no value\" >&2; exit 255"
+    )
+    with pytest.raises(PipesimError) as info:
+        replay(run, "astra-sim", _options(binary))
+    message = str(info.value)
+    assert "rejected its options (exit 255)" in message
+    assert "Error parsing options: Option 'workload-configuration' has no value" in message
+    assert "\n" not in message
+
+
+def test_exit_134_quotes_the_assertion(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    assertion = "AstraSim: astra-sim/system/Sys.cc:120: Sys::Sys(): Assertion `endpoint_delay > 0' failed."
+    binary = write_script(
+        tmp_path / "astra", "echo starting\n" + heredoc([assertion]).replace("cat", "cat >&2", 1) + "exit 134"
+    )
+    with pytest.raises(PipesimError, match=r"aborted \(exit 134\): .*Assertion `endpoint_delay > 0' failed"):
+        replay(run, "astra-sim", _options(binary))
+
+
+def test_killed_by_signal_and_other_exit(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    terminate = "terminate called after throwing an instance of 'std::runtime_error'"
+    binary = write_script(tmp_path / "astra", f'echo "{terminate}" >&2\nkill -ABRT $$')
+    with pytest.raises(PipesimError, match=f"killed by SIGABRT: {terminate}; see "):
+        replay(run, "astra-sim", _options(binary))
+    binary = write_script(tmp_path / "astra3", 'echo "last words on stdout"\nexit 3')
+    with pytest.raises(PipesimError, match=r"failed \(exit 3\): last words on stdout; see "):
+        replay(run, "astra-sim", _options(binary))
+
+
+def test_stall_names_the_ranks_that_never_finished(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    binary = write_script(tmp_path / "astra", heredoc(small_stdout_lines(ranks=[0])))
+    with pytest.raises(PipesimError) as info:
+        replay(run, "astra-sim", _options(binary))
+    message = str(info.value)
+    assert "exited 0 but rank(s) 1 of 2 never printed 'finished'" in message
+    assert str(run.logging_folder / "astra-sim.stdout.txt") in message
+
+
+def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    run = ReplayRun(**{**run.__dict__, "timeout_s": 0.5})
+    # The child sleep would outlive a kill of the shell alone.
+    binary = write_script(tmp_path / "astra", 'sleep 30 &\necho $! > "$LOG/child.pid"\nwait')
+    started = time.monotonic()
+    with pytest.raises(PipesimError, match=r"still running after the 0.5 s timeout, killed; raise --timeout"):
+        replay(run, "astra-sim", _options(binary))
+    assert time.monotonic() - started < 10
+    child = int((run.logging_folder / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie is dead, only not yet reaped by init
+
+
+def test_missing_config_file_fails_before_starting(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    (tmp_path / "run" / "memory.json").unlink()
+    binary = good_binary(tmp_path / "astra")
+    with pytest.raises(PipesimError, match=r"memory.json: no such file \(given as --remote-memory-configuration\)"):
+        replay(run, "astra-sim", _options(binary))
+    assert not (run.logging_folder / "args.txt").exists()
+
+
+# --- docker -----------------------------------------------------------------------------------------------
+
+
+def test_docker_missing(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    options = BackendOptions(docker_image="astra:good", env={"PATH": str(tmp_path / "empty")})
+    with pytest.raises(PipesimError, match="docker: not found on PATH"):
+        replay(run, "docker", options)
+
+
+def test_docker_image_not_set_or_missing(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    fake_docker(tmp_path / "bin")
+    with pytest.raises(PipesimError, match="pass --docker-image IMAGE or set PIPESIM_DOCKER_IMAGE"):
+        replay(run, "docker", BackendOptions(env=path_with(tmp_path / "bin")))
+    options = BackendOptions(docker_image="astra:absent", env=path_with(tmp_path / "bin"))
+    with pytest.raises(PipesimError, match="docker image astra:absent: not found locally .*docker pull astra:absent"):
+        replay(run, "docker", options)
+
+
+def test_docker_good_run_mounts_and_flags(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    bin_dir = tmp_path / "bin"
+    fake_docker(bin_dir)
+    good_binary(bin_dir / "inside" / "AstraSim_Analytical_Congestion_Unaware")
+    env = {**path_with(bin_dir), "PIPESIM_DOCKER_IMAGE": "astra:good"}
+    result = replay(run, "docker", BackendOptions(env=env))
+    assert result.backend == "docker"
+    assert result.finish_ns == SMALL_FINISH_NS
+    assert result.exposed_comm_ns == SMALL_EXPOSED_NS
+    assert [len(rank) for rank in result.node_times] == [2, 2]
+    args = (bin_dir / "docker_args.txt").read_text().splitlines()
+    run_folder = str((tmp_path / "run").resolve())
+    log_folder = str((tmp_path / "run" / "log").resolve())
+    assert args[:3] == ["run", "--rm", args[2]] and args[2].startswith("--name=pipesim-")
+    assert f"--user={os.getuid()}:{os.getgid()}" in args
+    assert ["-v", f"{run_folder}:{run_folder}"] == args[args.index(f"{run_folder}:{run_folder}") - 1 :][:2]
+    assert f"{log_folder}:{log_folder}" in args
+    image_at = args.index("astra:good")
+    assert args[image_at + 1] == "AstraSim_Analytical_Congestion_Unaware"
+    assert args[image_at + 2 :] == astra_sim_arguments(run, run.logging_folder, absolute=True)
+
+
+def test_docker_binary_missing_in_image(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    fake_docker(tmp_path / "bin")
+    options = BackendOptions(
+        docker_image="astra:good", docker_binary="/opt/astra/bin/AstraSim", env=path_with(tmp_path / "bin")
+    )
+    with pytest.raises(
+        PipesimError, match="/opt/astra/bin/AstraSim: not found inside image astra:good; set --docker-binary"
+    ):
+        replay(run, "docker", options)
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+
+
+def test_registry() -> None:
+    assert sorted(backends.BACKENDS) == ["astra-sim", "builtin", "docker"]
+    assert isinstance(get_backend("docker"), DockerBackend)
+    with pytest.raises(PipesimError, match="unknown backend 'ns3'; choose one of builtin, astra-sim, docker"):
+        get_backend("ns3")
+
+
+# --- builtin engine ---------------------------------------------------------------------------------------
+
+
+@needs_engine
+@pytest.mark.parametrize("case", conformance_cases())
+def test_builtin_matches_conformance(case: str, tmp_path: Path) -> None:
+    expected = json.loads((CONFORMANCE / case / "expected.json").read_text())
+    run = ReplayRun(**{**_conformance_run(case, tmp_path / "log").__dict__, "record_node_times": True})
+    result = replay(run, "builtin")
+    assert result.finish_ns == expected["finish_ns"]
+    assert result.exposed_comm_ns == expected["exposed_comm_ns"]
+    for rank, times in enumerate(result.node_times):
+        got = {str(entry.node_id): [entry.issue_ns, entry.end_ns] for entry in times}
+        assert got == expected["node_ticks"][str(rank)]
+    # trace-enabled is set in every case's system.json: log.log holds ASTRA-Sim's trace lines, which parse back.
+    from astra_driver.astra_output import node_times_from_trace, parse_finish_lines, read_lines
+
+    lines = read_lines(result.log_path)
+    assert node_times_from_trace(lines, expected["npus"]) == result.node_times
+    finished = parse_finish_lines(lines)
+    assert [finished[r].finish_ns for r in range(expected["npus"])] == expected["finish_ns"]
+
+
+@needs_engine
+def test_builtin_rank_count_mismatch(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    (tmp_path / "run" / "network.yml").write_text(
+        "topology: [ Ring ]\nnpus_count: [ 4 ]\nbandwidth: [ 50 ]\nlatency: [ 1 ]\n"
+    )
+    with pytest.raises(PipesimError, match=r"workload.2.et: no such file; network.yml describes 4 NPUs"):
+        replay(run, "builtin")
+
+
+# --- the real binary, when the user has one -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.environ.get("ASTRA_SIM_BIN"), reason="set ASTRA_SIM_BIN to run the real ASTRA-Sim binary")
+@pytest.mark.parametrize("case", conformance_cases())
+def test_real_binary_matches_conformance(case: str, tmp_path: Path) -> None:
+    expected = json.loads((CONFORMANCE / case / "expected.json").read_text())
+    run = ReplayRun(**{**_conformance_run(case, tmp_path / "log").__dict__, "record_node_times": True})
+    result = replay(run, "astra-sim", BackendOptions())
+    assert result.finish_ns == expected["finish_ns"]
+    assert result.exposed_comm_ns == expected["exposed_comm_ns"]
+    for rank, times in enumerate(result.node_times):
+        assert {str(t.node_id): [t.issue_ns, t.end_ns] for t in times} == expected["node_ticks"][str(rank)]
+    if _engine_ready():
+        builtin = replay(_conformance_run(case), "builtin")
+        assert builtin.finish_ns == result.finish_ns
+        assert builtin.exposed_comm_ns == result.exposed_comm_ns
