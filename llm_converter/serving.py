@@ -1,0 +1,153 @@
+"""One serving iteration as per-NPU Chakra graphs: the layer list cut by the parallel plan.
+
+Per NPU of stage s (all in one dependency chain, lowest id first):
+  recv of the activation from the same tp_rank of stage s-1 (s > 0),
+  one COMP_NODE per layer of the stage, each followed by a TP all-reduce (pg_name of the stage's TP group)
+  when the layer says so and tp > 1,
+  send of the activation to the same tp_rank of stage s+1 (s < pp-1).
+Pure and in memory: a serving loop builds one of these per scheduled iteration.
+"""
+
+from __future__ import annotations
+
+from llm_converter.errors import PipesimError
+from llm_converter.graph import CollectiveType, Graph, Node, NodeType, Workload
+from llm_converter.layers import LayerList, LayerRow
+from llm_converter.plan import ParallelPlan
+
+# comm_tag = (iteration_id mod TAG_ITERATION_PERIOD) * TAG_STAGE_STRIDE + boundary, boundary s = stage s -> s+1.
+# ASTRA-Sim reduces tags modulo 5e8 and stores them as int32, so tags stay below 5e8. Iteration ids wrap after
+# 488,281 iterations; only pp iterations are ever in flight, so wrapped tags never meet.
+TAG_STAGE_STRIDE = 1024
+TAG_ITERATION_PERIOD = 500_000_000 // TAG_STAGE_STRIDE
+
+_ALL_REDUCE = int(CollectiveType.ALL_REDUCE)
+_COMP = NodeType.COMP_NODE
+_COLL = NodeType.COMM_COLL_NODE
+
+# Node names are the same for every iteration: cache them rather than format thousands per iteration.
+_comp_names: dict[tuple[str, int], str] = {}
+_coll_names: dict[tuple[str, int], str] = {}
+
+
+def activation_tag(iteration_id: int, boundary: int) -> int:
+    """Tag of the activation sent from stage `boundary` to stage `boundary + 1` in iteration `iteration_id`."""
+    if not 0 <= boundary < TAG_STAGE_STRIDE:
+        raise PipesimError(f"serving graph: stage boundary {boundary} outside [0, {TAG_STAGE_STRIDE}); use pp <= 1024")
+    if iteration_id < 0:
+        raise PipesimError(f"serving graph: iteration_id {iteration_id} is negative; ids count from 0")
+    return (iteration_id % TAG_ITERATION_PERIOD) * TAG_STAGE_STRIDE + boundary
+
+
+def comp_name(row: LayerRow) -> str:
+    key = (row.name, row.block)
+    name = _comp_names.get(key)
+    if name is None:
+        name = f"COMP_NODE_{row.name}_b{row.block}" if row.block >= 0 else f"COMP_NODE_{row.name}"
+        _comp_names[key] = name
+    return name
+
+
+def all_reduce_name(row: LayerRow) -> str:
+    key = (row.name, row.block)
+    name = _coll_names.get(key)
+    if name is None:
+        name = f"COMM_COLL_NODE_{row.name}_ar_b{row.block}" if row.block >= 0 else f"COMM_COLL_NODE_{row.name}_ar"
+        _coll_names[key] = name
+    return name
+
+
+def micros_durations(rows: list[LayerRow]) -> list[int]:
+    """Whole-microsecond durations whose running sum is the running sum of ns rounded to us (half up).
+
+    Each duration is round(end) - round(start), so per-layer rounding error never accumulates along an NPU.
+    """
+    durations = []
+    elapsed_ns = 0
+    elapsed_us = 0
+    for row in rows:
+        elapsed_ns += row.ns
+        end_us = (elapsed_ns + 500) // 1000
+        durations.append(end_us - elapsed_us)
+        elapsed_us = end_us
+    return durations
+
+
+def build_serving_workload(layers: LayerList, plan: ParallelPlan, iteration_id: int = 0) -> Workload:
+    """Per-NPU graphs of one iteration; graph k is NPU k, comm_groups are the plan's TP groups."""
+    if layers.num_stages != plan.pp:
+        raise PipesimError(
+            f"serving graph: the layer list has {layers.num_stages} stages but the plan has pp = {plan.pp}; "
+            "build the layer list with this plan"
+        )
+    tp = plan.tp
+    pp = plan.pp
+    reduce_in_tp = tp > 1
+    stage_rows = [layers.stage_rows(stage) for stage in range(pp)]
+    # Per stage: (name, duration_us, flops, bytes, all-reduce name or None, all-reduce bytes), shared by its ranks.
+    stage_steps = []
+    for rows in stage_rows:
+        steps = []
+        for row, duration in zip(rows, micros_durations(rows), strict=True):
+            reduce_name = all_reduce_name(row) if reduce_in_tp and row.comm == "all_reduce" else None
+            steps.append((comp_name(row), duration, row.flops, row.bytes, reduce_name, row.comm_bytes))
+        stage_steps.append(steps)
+    boundary_bytes = [layers.activation_bytes(stage) for stage in range(pp - 1)]
+    boundary_tags = [activation_tag(iteration_id, stage) for stage in range(pp - 1)]
+
+    graphs: list[Graph] = []
+    for rank in range(plan.npus):
+        stage, tp_rank, dp_rank = plan.coords(rank)
+        nodes: list[Node] = []
+        append = nodes.append
+        next_id = 0
+        deps: list[int] = []
+        if stage > 0:
+            append(
+                Node(
+                    0,
+                    f"COMM_RECV_NODE_act_s{stage - 1}_to_s{stage}",
+                    NodeType.COMM_RECV_NODE,
+                    [],
+                    comm_src=plan.rank(stage - 1, tp_rank, dp_rank),
+                    comm_dst=rank,
+                    comm_tag=boundary_tags[stage - 1],
+                    comm_size=boundary_bytes[stage - 1],
+                )
+            )
+            deps = [0]
+            next_id = 1
+        pg_name = plan.pg_name(stage, dp_rank) if reduce_in_tp else None
+        for name, duration, flops, size, reduce_name, reduce_bytes in stage_steps[stage]:
+            append(Node(next_id, name, _COMP, deps, duration_micros=duration, num_ops=flops, tensor_size=size))
+            deps = [next_id]
+            next_id += 1
+            if reduce_name is not None:
+                append(
+                    Node(
+                        next_id,
+                        reduce_name,
+                        _COLL,
+                        deps,
+                        comm_type=_ALL_REDUCE,
+                        comm_size=reduce_bytes,
+                        pg_name=pg_name,
+                    )
+                )
+                deps = [next_id]
+                next_id += 1
+        if stage < pp - 1:
+            append(
+                Node(
+                    next_id,
+                    f"COMM_SEND_NODE_act_s{stage}_to_s{stage + 1}",
+                    NodeType.COMM_SEND_NODE,
+                    deps,
+                    comm_src=rank,
+                    comm_dst=plan.rank(stage + 1, tp_rank, dp_rank),
+                    comm_tag=boundary_tags[stage],
+                    comm_size=boundary_bytes[stage],
+                )
+            )
+        graphs.append(Graph(rank=rank, nodes=nodes))
+    return Workload(graphs=graphs, comm_groups=plan.comm_groups())
