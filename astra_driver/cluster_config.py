@@ -449,14 +449,19 @@ def _describe_error(error: dict[str, Any], loc: tuple[Any, ...]) -> str:
             return f"expected {_TYPE_NAMES[kind]} with {', '.join(_allowed_fields(loc))}, got {_show(value)}"
         return f"expected {_TYPE_NAMES[kind]}, got {_show(value)}"
     if kind == "greater_than":
-        return f"must be > {ctx.get('gt')}, got {_show(value)}"
+        return f"must be > {_bound(ctx.get('gt'))}, got {_show(value)}"
     if kind == "greater_than_equal":
-        return f"must be >= {ctx.get('ge')}, got {_show(value)}"
+        return f"must be >= {_bound(ctx.get('ge'))}, got {_show(value)}"
     if kind == "literal_error":
         return f'expected null, "prefill" or "decode", got {_show(value)}'
     if kind == "none_required":
         return f"expected null, got {_show(value)}"
     return " ".join(str(error.get("msg", kind)).split()) + f", got {_show(value)}"
+
+
+def _bound(value: Any) -> str:
+    # pydantic reports the bound of a float field as 0.0; the user wrote 0.
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _show(value: Any) -> str:
