@@ -483,7 +483,7 @@ class DockerBackend:
             reason = detail[-1] if detail else "not found"
             lowered = reason.lower()
             if "no such image" not in lowered and ("cannot connect" in lowered or "daemon running" in lowered):
-                raise PipesimError(f"docker: {reason}; start the docker daemon")
+                raise PipesimError(f"docker: the daemon is not reachable ({reason}); start dockerd or fix DOCKER_HOST")
             raise PipesimError(
                 f"docker image {image}: not found locally ({reason}); docker pull {image} or docker build it"
             )

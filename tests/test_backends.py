@@ -268,6 +268,15 @@ def test_docker_image_not_set_or_missing(tmp_path: Path) -> None:
         replay(run, "docker", options)
 
 
+def test_docker_daemon_down(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    message = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+    write_script(tmp_path / "bin" / "docker", f'echo "{message}" >&2; exit 1')
+    options = BackendOptions(docker_image="astra:good", env=path_with(tmp_path / "bin"))
+    with pytest.raises(PipesimError, match="docker: the daemon is not reachable .*start dockerd or fix DOCKER_HOST"):
+        replay(run, "docker", options)
+
+
 def test_docker_good_run_mounts_and_flags(tmp_path: Path) -> None:
     run = write_small_run(tmp_path / "run")
     run = ReplayRun(**{**run.__dict__, "record_node_times": True})
