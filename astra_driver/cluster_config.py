@@ -277,7 +277,34 @@ def _resolve(path: Path, spec: ClusterSpec, dtype: str) -> ClusterConfig:
             offset += instance.num_npus
     if not placed:
         raise PipesimError(f"{path}: nodes: no node lists an instance; add at least one to some node's instances")
+    _check_disaggregation(path, placed)
     return ClusterConfig(source=path, dtype=dtype, spec=spec, placed=tuple(placed))
+
+
+def _check_disaggregation(path: Path, placed: list[PlacedInstance]) -> None:
+    """Prefill/decode disaggregation needs both roles, on every instance, serving one model (KV moves P -> D)."""
+    roles = [p.spec.pd_type for p in placed]
+    if all(role is None for role in roles):
+        return
+    for p in placed:
+        if p.spec.pd_type is None:
+            raise PipesimError(
+                f'{path}: {p.path}.pd_type: null while other instances are "prefill"/"decode"; with '
+                "disaggregation every instance takes a role (or set all pd_type to null)"
+            )
+    for needed in ("prefill", "decode"):
+        if needed not in roles:
+            raise PipesimError(
+                f'{path}: {placed[0].path}.pd_type: no instance is "{needed}"; disaggregated serving needs at '
+                f'least one "prefill" and one "decode" instance (or set all pd_type to null)'
+            )
+    first = placed[0]
+    for p in placed[1:]:
+        if p.model.name != first.model.name:
+            raise PipesimError(
+                f"{path}: {p.path}.model_name: {p.model.name} differs from {first.path}'s {first.model.name}; "
+                "prefill and decode instances hand KV caches to each other, so they must serve the same model"
+            )
 
 
 def _resolve_model(path: Path, field_path: str, instance: InstanceConfig) -> ModelSpec:

@@ -143,17 +143,18 @@ def test_two_node_instance_spans_both_nodes() -> None:
 def test_placement_offsets_across_nodes_and_instances(tmp_path: Path) -> None:
     doc = copy.deepcopy(SEED)
     second = copy.deepcopy(instance0(doc)) | {"num_npus": 4, "tp_size": 2, "pp_size": 2, "pd_type": "decode"}
+    instance0(doc)["pd_type"] = "prefill"
     doc["nodes"][0]["instances"].append(second)
     doc["nodes"][0]["num_instances"] = 2
     node1 = copy.deepcopy(doc["nodes"][0]) | {"num_instances": 1}
-    node1["instances"] = [copy.deepcopy(instance0(doc)) | {"pd_type": "prefill"}]
+    node1["instances"] = [copy.deepcopy(instance0(doc))]
     doc["nodes"].append(node1)
     doc["num_nodes"] = 2
     cluster = load_cluster_config(write(tmp_path, doc))
     rows = [
         (p.index, p.node_index, p.local_index, p.npu_offset, p.num_npus, p.spec.pd_type) for p in cluster.instances()
     ]
-    assert rows == [(0, 0, 0, 0, 2, None), (1, 0, 1, 2, 4, "decode"), (2, 1, 0, 6, 2, "prefill")]
+    assert rows == [(0, 0, 0, 0, 2, "prefill"), (1, 0, 1, 2, 4, "decode"), (2, 1, 0, 6, 2, "prefill")]
     assert cluster.total_npus == 8
     assert cluster.instance(2).npu_ids == [6, 7]
     assert cluster.instances()[2].path == "nodes[1].instances[0]"
@@ -337,3 +338,39 @@ def test_span_must_keep_tp_inside_a_node(tmp_path: Path) -> None:
         PipesimError, match=re.escape(f"{P0}.span_nodes: 4 NPUs per node is not a multiple of tp_size 8")
     ):
         load_cluster_config(write(tmp_path, doc))
+
+
+def _two_instances(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(SEED)
+    base = instance0(doc)
+    doc["nodes"][0]["instances"] = [base | first, copy.deepcopy(base) | second]
+    doc["nodes"][0]["num_instances"] = 2
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "field", "what"),
+    [
+        ({"pd_type": "prefill"}, {"pd_type": None}, "nodes[0].instances[1].pd_type", "null while other instances"),
+        ({"pd_type": "prefill"}, {"pd_type": "prefill"}, "nodes[0].instances[0].pd_type", 'no instance is "decode"'),
+        (
+            {"pd_type": "prefill"},
+            {"pd_type": "decode", "model_name": "meta-llama/Llama-3.1-70B", "num_npus": 8, "tp_size": 8, "pp_size": 1},
+            "nodes[0].instances[1].model_name",
+            "must serve the same model",
+        ),
+    ],
+)
+def test_disaggregation_needs_both_roles_on_one_model(
+    tmp_path: Path, first: dict[str, Any], second: dict[str, Any], field: str, what: str
+) -> None:
+    path = write(tmp_path, _two_instances(first, second))
+    with pytest.raises(PipesimError) as caught:
+        load_cluster_config(path)
+    assert str(caught.value).startswith(f"{path}: {field}: ") and what in str(caught.value)
+
+
+def test_disaggregated_pair_loads(tmp_path: Path) -> None:
+    cluster = load_cluster_config(write(tmp_path, _two_instances({"pd_type": "prefill"}, {"pd_type": "decode"})))
+    assert [p.spec.pd_type for p in cluster.instances()] == ["prefill", "decode"]
+    assert [p.npu_offset for p in cluster.instances()] == [0, 2]
