@@ -1,0 +1,789 @@
+"""The discrete-event engine: per-NPU issue slots, p2p matching, collectives through per-dimension queues.
+
+State per rank is a set of flat lists indexed by node position (nodes of each added graph sorted by id, graphs
+appended in the order they were added), so the hot loop touches ints and lists only:
+    kind, slot, duration (ns), pending parent count, children, issue/end ticks.
+Events live in one heap of (tick, sequence, code, rank, payload); equal ticks run in the order they were
+scheduled, the way ASTRA-Sim's event queue does.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from astra_driver.astra_config import AstraConfig
+from astra_driver.engine.collectives import (
+    A2A,
+    AG,
+    AR,
+    COLLECTIVE_NAMES,
+    RS,
+    PhaseAlgorithm,
+    PhasePlan,
+    plan_phases,
+)
+from astra_driver.engine.network import Network
+from llm_converter.errors import DeadlockError, PipesimError
+from llm_converter.graph import CollectiveType, Graph, NodeType
+
+# What a node does when issued.
+K_TIMED = 0  # completes after `duration` ns (compute, BROADCAST, replay-only, memory)
+K_SEND = 1
+K_RECV = 2
+K_COLL = 3
+K_STALL = 4  # INVALID/METADATA: completes at once, but ASTRA-Sim never releases its children
+
+# Issue slots.
+S_GPU, S_COMM, S_CPU, S_NONE = 0, 1, 2, 3
+
+# Event codes.
+E_DONE = 0  # node finished: (rank, node index)
+E_ACTIVATE = 1  # graph added at a later tick: (rank, graph number)
+E_PHASE = 2  # a collective chunk finished its current phase on a rank: (rank, stream)
+E_WAKE = 3  # run_until bookkeeping: nothing to do
+
+_TAG_MODULO = 500_000_000
+_SIMULATED = {AR, AG, RS, A2A}
+_TYPE_NAMES = {int(t): t.name for t in NodeType}
+
+
+@dataclass(slots=True)
+class SimResult:
+    """Per rank: finish tick, exposed communication (finish - compute replayed), and optionally per-node ticks
+    (node_id, name, type, issue_ns, end_ns) in completion order."""
+
+    finish_ns: list[int]
+    exposed_comm_ns: list[int]
+    node_times: list[list[tuple[int, str, int, int, int]]] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class GraphHandle:
+    """One graph added to a running simulation; `finish_ns` is set when its last node completes."""
+
+    rank: int
+    number: int
+    first: int  # first node index on the rank
+    count: int
+    at_ns: int
+    remaining: int
+    finish_ns: int | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Instance:
+    """One collective as issued by its group's members (matched by per-group issue order)."""
+
+    key: tuple[str, int]
+    comm_type: int
+    size: int
+    members: tuple[int, ...]
+    phases: list[PhasePlan]
+    chunks: int
+    issued: dict[int, tuple[int, int]] = field(default_factory=dict)  # rank -> (node index, issue tick)
+    # (chunk, phase, line) -> {rank: start tick}
+    starts: dict[tuple[int, int, tuple[int, ...]], dict[int, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Stream:
+    """One chunk of one collective on one rank (ASTRA-Sim's StreamBaseline)."""
+
+    instance: _Instance
+    rank: int
+    node: int
+    chunk: int
+    priority: int
+    phase: int = -1
+    initialized: bool = False
+
+
+class _Rank:
+    __slots__ = (
+        "rank",
+        "ids",
+        "names",
+        "types",
+        "kinds",
+        "slots",
+        "durations",
+        "pending",
+        "children",
+        "graph_of",
+        "issue",
+        "end",
+        "ready",
+        "instant",
+        "busy",
+        "remaining",
+        "finish",
+        "compute",
+        "colls_left",
+        "coll_seq",
+        "priority",
+        "queues",
+        "running",
+        "waiting_recvs",
+        "arrived",
+        "missing",
+        "order",
+    )
+
+    def __init__(self, rank: int, dims: int) -> None:
+        self.rank = rank
+        self.ids: list[int] = []
+        self.names: list[str] = []
+        self.types: list[int] = []
+        self.kinds: list[int] = []
+        self.slots: list[int] = []
+        self.durations: list[int] = []
+        self.pending: list[int] = []
+        self.children: list[list[int] | None] = []
+        self.graph_of: list[GraphHandle] = []
+        self.issue: list[int] = []
+        self.end: list[int] = []
+        self.ready: list[list[int]] = [[], [], []]
+        self.instant: list[int] = []
+        self.busy = [False, False, False]
+        self.remaining = 0
+        self.finish = 0
+        self.compute = 0
+        self.colls_left: dict[int, int] = {}
+        self.coll_seq: dict[str, int] = {}
+        self.priority = 0
+        self.queues: list[list[_Stream]] = [[] for _ in range(max(dims, 1))]
+        self.running = [0] * max(dims, 1)
+        self.waiting_recvs: dict[tuple[int, int, int], deque[int]] = {}
+        self.arrived: dict[tuple[int, int, int], deque[int]] = {}
+        self.missing: dict[int, list[int]] = {}
+        self.order: list[int] = []  # completion order, for node_times
+
+
+class Engine:
+    """An incremental simulation: add graphs (now or at a later tick), run, query when they finished.
+
+    engine = Engine(config, npus)
+    handle = engine.add_graph(rank, graph, at_ns=0)
+    engine.run_until(t)   # or engine.run()
+    handle.finish_ns
+    """
+
+    def __init__(
+        self,
+        config: AstraConfig,
+        npus: int | None = None,
+        comm_groups: dict[str, list[int]] | None = None,
+        record_node_times: bool = False,
+        on_graph_done: Callable[[GraphHandle, int], None] | None = None,
+        injection_scale: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.network = Network(config.network)
+        self.npus = self.network.npus if npus is None else npus
+        if self.npus != self.network.npus:
+            raise PipesimError(
+                f"workload has {self.npus} ranks but network.yml describes {self.network.npus} NPUs "
+                f"(npus_count {config.network.npus_count}); make the product of npus_count equal {self.npus}"
+            )
+        system = config.system
+        self.groups: dict[str, tuple[int, ...]] = {}
+        for name, ranks in {**config.comm_groups, **(comm_groups or {})}.items():
+            for rank in ranks:
+                if not 0 <= rank < self.npus:
+                    raise PipesimError(f"comm group {name}: rank {rank} is outside the network's {self.npus} NPUs")
+            self.groups[str(name)] = tuple(sorted(ranks))
+        self.record = record_node_times
+        self.on_graph_done = on_graph_done
+        self.now = 0
+        self._events: list[tuple[int, int, int, int, object]] = []
+        self._seq = 0
+        dims = self.network.dims
+        self.ranks = [_Rank(rank, dims) for rank in range(self.npus)]
+        self.graphs: list[GraphHandle] = []
+        self._sorted_nodes: list[list] = []  # per graph number: its nodes sorted by id
+        self._instances: dict[tuple[str, int], _Instance] = {}
+        self._phase_cache: dict[tuple, list[int]] = {}
+        self._splits = system.preferred_dataset_splits
+        self._threshold = system.active_chunks_per_dimension
+        self._policy = system.scheduling_policy
+        self._endpoint_delay = int(system.endpoint_delay * injection_scale)
+        self._local_mem = float(system.local_mem_bw)  # bytes per ns (GB = 1e9 bytes)
+        self._peak_flops = system.peak_perf * 1e12  # FLOP/s
+        self._roofline = system.roofline_enabled
+        self._replay_only = system.replay_only
+        self._impls = {
+            AR: _per_dim(system.all_reduce_implementation, dims),
+            AG: _per_dim(system.all_gather_implementation, dims),
+            RS: _per_dim(system.reduce_scatter_implementation, dims),
+            A2A: _per_dim(system.all_to_all_implementation, dims),
+        }
+        self._strides = [1] * dims
+        for dim in range(1, dims):
+            self._strides[dim] = self._strides[dim - 1] * self.network.counts[dim - 1]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Loading graphs
+    # ------------------------------------------------------------------------------------------------------
+    def add_graph(self, rank: int, graph: Graph, at_ns: int | None = None) -> GraphHandle:
+        """Append `graph` to `rank`; its dependency-free nodes become issuable at `at_ns` (default: now)."""
+        if not 0 <= rank < self.npus:
+            raise PipesimError(f"add_graph: rank {rank} is outside the network's {self.npus} NPUs")
+        at = self.now if at_ns is None else int(at_ns)
+        if at < self.now:
+            raise PipesimError(f"add_graph: at_ns {at} is before the simulation's current tick {self.now}")
+        state = self.ranks[rank]
+        nodes = sorted(graph.nodes, key=_node_id)
+        first = len(state.ids)
+        handle = GraphHandle(rank, len(self.graphs), first, len(nodes), at, len(nodes))
+        self.graphs.append(handle)
+        self._sorted_nodes.append(nodes)
+        index_of: dict[int, int] = {}
+        for offset, node in enumerate(nodes):
+            if node.id in index_of:
+                raise PipesimError(f"rank {rank}: node id {node.id} appears twice; ids must be unique per graph")
+            index_of[node.id] = first + offset
+        ids, names, types, kinds, slots = state.ids, state.names, state.types, state.kinds, state.slots
+        durations, pending, children = state.durations, state.pending, state.children
+        for node in nodes:
+            index = len(ids)
+            kind, slot, duration = self._classify(rank, node)
+            ids.append(node.id)
+            names.append(node.name)
+            types.append(int(node.type))
+            kinds.append(kind)
+            slots.append(slot)
+            durations.append(duration)
+            children.append(None)
+            parents = node.data_deps
+            if node.ctrl_deps:
+                parents = list(dict.fromkeys([*parents, *node.ctrl_deps]))
+            count = 0
+            for parent in dict.fromkeys(parents):
+                parent_index = index_of.get(parent)
+                if parent_index is None:
+                    state.missing.setdefault(index, []).append(parent)
+                    count += 1
+                    continue
+                siblings = children[parent_index] if parent_index < index else None
+                if parent_index < index:
+                    if siblings is None:
+                        children[parent_index] = [index]
+                    else:
+                        siblings.append(index)
+                else:
+                    state.missing.setdefault(-index - 1, []).append(parent_index)  # fixed up below
+                count += 1
+            pending.append(count)
+        # Children that appear before their parents in id order (allowed by feeder_v3).
+        forward = [key for key in state.missing if key < 0]
+        for key in forward:
+            child = -key - 1
+            for parent_index in state.missing.pop(key):
+                siblings = children[parent_index]
+                if siblings is None:
+                    children[parent_index] = [child]
+                else:
+                    siblings.append(child)
+        state.graph_of.extend([handle] * len(nodes))
+        if self.record:
+            state.issue.extend([-1] * len(nodes))
+            state.end.extend([-1] * len(nodes))
+        state.remaining += len(nodes)
+        if not nodes:
+            handle.finish_ns = at
+            return handle
+        if at == self.now:
+            self._activate(state, handle)
+        else:
+            self._push(at, E_ACTIVATE, rank, handle)
+        return handle
+
+    def _classify(self, rank: int, node) -> tuple[int, int, int]:
+        node_type = node.type
+        cpu = bool(node.is_cpu_op)
+        duration = node.duration_micros * 1000 or 1
+        if node_type == NodeType.COMP_NODE:
+            slot = S_CPU if cpu else S_GPU
+            if self._roofline and not cpu and not self._replay_only:
+                duration = self._roofline_ns(rank, node)
+            return K_TIMED, slot, duration
+        if self._replay_only:
+            return K_TIMED, S_NONE if node_type == NodeType.COMM_RECV_NODE else S_COMM, duration
+        if node_type == NodeType.COMM_COLL_NODE:
+            if cpu:
+                raise PipesimError(f"rank {rank} node {node.id} {node.name}: Comm node should not be on CPU")
+            if node.comm_type is None:
+                raise PipesimError(f"rank {rank} node {node.id} {node.name}: Attribute comm_type not found")
+            comm_type = int(node.comm_type)
+            if comm_type == CollectiveType.BROADCAST:
+                return K_TIMED, S_COMM, duration
+            if comm_type not in _SIMULATED:
+                name = CollectiveType(comm_type).name if comm_type in set(CollectiveType) else str(comm_type)
+                raise PipesimError(
+                    f"rank {rank} node {node.id} {node.name}: Unsupported collective comm type {name} "
+                    "(ASTRA-Sim simulates ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, ALL_TO_ALL; BROADCAST is replayed)"
+                )
+            if not node.comm_size or node.comm_size <= 0:
+                raise PipesimError(f"rank {rank} node {node.id} {node.name}: comm_size must be > 0 bytes")
+            return K_COLL, S_COMM, 0
+        if node_type in (NodeType.COMM_SEND_NODE, NodeType.COMM_RECV_NODE):
+            send = node_type == NodeType.COMM_SEND_NODE
+            for attr in ("comm_tag", "comm_size") + (("comm_dst",) if send else ("comm_src",)):
+                if getattr(node, attr) is None:
+                    raise PipesimError(f"rank {rank} node {node.id} {node.name}: Attribute {attr} not found")
+            own = node.comm_src if send else node.comm_dst
+            if own is not None and own != rank:
+                who = "sender" if send else "receiver"
+                raise PipesimError(
+                    f"rank {rank} node {node.id} {node.name}: {'Send' if send else 'Recv'} node should be issued "
+                    f"by the {who} (comm_{'src' if send else 'dst'} {own} != rank {rank})"
+                )
+            peer = node.comm_dst if send else node.comm_src
+            if not 0 <= peer < self.npus or peer == rank:
+                raise PipesimError(f"rank {rank} node {node.id} {node.name}: peer rank {peer} is not another NPU")
+            if node.comm_size <= 0:
+                raise PipesimError(f"rank {rank} node {node.id} {node.name}: comm_size must be > 0 bytes")
+            return (K_SEND, S_COMM, 0) if send else (K_RECV, S_NONE, 0)
+        if node_type in (NodeType.MEM_LOAD_NODE, NodeType.MEM_STORE_NODE):
+            return K_TIMED, S_COMM, self._memory_ns(rank, node)
+        return K_STALL, S_COMM, 0  # INVALID_NODE, METADATA_NODE
+
+    def _roofline_ns(self, rank: int, node) -> int:
+        if node.num_ops is None or node.tensor_size is None:
+            raise PipesimError(
+                f"rank {rank} node {node.id} {node.name}: roofline-enabled needs num_ops and tensor_size on "
+                "every GPU compute node (add them, or set roofline-enabled 0)"
+            )
+        if node.tensor_size == 0:
+            return 0  # ASTRA-Sim skips the node
+        intensity = node.num_ops / node.tensor_size
+        perf = min(self._peak_flops, self._local_mem * 1e9 * intensity)  # FLOP/s
+        return int(node.num_ops / perf * 1e9)
+
+    def _memory_ns(self, rank: int, node) -> int:
+        memory = self.config.memory
+        if memory.memory_type == "NO_MEMORY_EXPANSION":
+            raise PipesimError(
+                f"rank {rank} node {node.id} {node.name}: Remote memory access is not supported with memory-type "
+                "NO_MEMORY_EXPANSION (use PER_NODE_MEMORY_EXPANSION, PER_NPU_MEMORY_EXPANSION or MEMORY_POOL)"
+            )
+        if node.tensor_size is None:
+            raise PipesimError(f"rank {rank} node {node.id} {node.name}: Attribute tensor_size not found")
+        bytes_per_ns = memory.remote_mem_bw * (1 << 30) / 1e9
+        return int(memory.remote_mem_latency + node.tensor_size / bytes_per_ns)
+
+    def _activate(self, state: _Rank, handle: GraphHandle) -> None:
+        pending = state.pending
+        for index in range(handle.first, handle.first + handle.count):
+            if pending[index] == 0:
+                self._make_ready(state, index)
+        self._issue(state)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Running
+    # ------------------------------------------------------------------------------------------------------
+    def _push(self, tick: int, code: int, rank: int, payload: object) -> None:
+        heapq.heappush(self._events, (tick, self._seq, code, rank, payload))
+        self._seq += 1
+
+    def run_until(self, tick: int) -> None:
+        """Process every event at or before `tick`; afterwards `now` is `tick`."""
+        self._loop(tick)
+        if tick > self.now:
+            self.now = tick
+
+    def run(self) -> None:
+        """Run until nothing is left to do; raise DeadlockError if some node can never complete."""
+        self._loop(None)
+        self.check_complete()
+
+    def _loop(self, limit: int | None) -> None:
+        events = self._events
+        ranks = self.ranks
+        pop = heapq.heappop
+        finish_node = self._finish_node
+        while events:
+            if limit is not None and events[0][0] > limit:
+                return
+            tick, _, code, rank, payload = pop(events)
+            self.now = tick
+            if code == E_DONE:
+                state = ranks[rank]
+                finish_node(state, payload, tick)
+                self._issue(state)
+            elif code == E_PHASE:
+                self._phase_done(payload, tick)
+            elif code == E_ACTIVATE:
+                self._activate(ranks[rank], payload)
+
+    def _make_ready(self, state: _Rank, index: int) -> None:
+        slot = state.slots[index]
+        if slot == S_NONE:
+            state.instant.append(index)
+        else:
+            heapq.heappush(state.ready[slot], index)
+
+    def _issue(self, state: _Rank) -> None:
+        """Issue ready nodes, lowest index first per slot, while their slot is free."""
+        tick = self.now
+        if state.instant:
+            instant = sorted(state.instant)
+            state.instant.clear()
+            for index in instant:
+                self._start(state, index, tick)
+        busy = state.busy
+        for slot in (S_GPU, S_COMM, S_CPU):
+            heap = state.ready[slot]
+            if heap and not busy[slot]:
+                index = heapq.heappop(heap)
+                busy[slot] = True
+                self._start(state, index, tick)
+
+    def _start(self, state: _Rank, index: int, tick: int) -> None:
+        if self.record:
+            state.issue[index] = tick
+        kind = state.kinds[index]
+        if kind == K_TIMED:
+            duration = state.durations[index]
+            if state.types[index] == NodeType.COMP_NODE:
+                state.compute += duration
+            self._push(tick + duration, E_DONE, state.rank, index)
+        elif kind == K_SEND:
+            self._send(state, index, tick)
+        elif kind == K_RECV:
+            self._recv(state, index, tick)
+        elif kind == K_COLL:
+            self._collective(state, index, tick)
+        else:
+            self._push(tick, E_DONE, state.rank, index)
+
+    def _finish_node(self, state: _Rank, index: int, tick: int) -> None:
+        slot = state.slots[index]
+        if slot != S_NONE:
+            state.busy[slot] = False
+        if self.record:
+            state.end[index] = tick
+            state.order.append(index)
+        state.remaining -= 1
+        if tick > state.finish:
+            state.finish = tick
+        kids = state.children[index]
+        if kids is not None and state.kinds[index] != K_STALL:
+            pending = state.pending
+            for child in kids:
+                pending[child] -= 1
+                if pending[child] == 0:
+                    self._make_ready(state, child)
+        handle = state.graph_of[index]
+        handle.remaining -= 1
+        if handle.remaining == 0:
+            handle.finish_ns = tick
+            if self.on_graph_done is not None:
+                self.on_graph_done(handle, tick)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Point to point
+    # ------------------------------------------------------------------------------------------------------
+    def _send(self, state: _Rank, index: int, tick: int) -> None:
+        node = self._node(state, index)
+        dst, size = node.comm_dst, node.comm_size
+        arrival = tick + self.network.delay(state.rank, dst, size)
+        self._push(arrival, E_DONE, state.rank, index)
+        key = (state.rank, node.comm_tag % _TAG_MODULO, size)
+        target = self.ranks[dst]
+        waiting = target.waiting_recvs.get(key)
+        if waiting:
+            recv = waiting.popleft()
+            self._push(arrival, E_DONE, dst, recv)
+        else:
+            target.arrived.setdefault(key, deque()).append(arrival)
+
+    def _recv(self, state: _Rank, index: int, tick: int) -> None:
+        node = self._node(state, index)
+        key = (node.comm_src, node.comm_tag % _TAG_MODULO, node.comm_size)
+        arrived = state.arrived.get(key)
+        if arrived:
+            self._push(max(arrived.popleft(), tick), E_DONE, state.rank, index)
+        else:
+            state.waiting_recvs.setdefault(key, deque()).append(index)
+
+    def _node(self, state: _Rank, index: int):
+        handle = state.graph_of[index]
+        return self._graph_nodes(handle)[index - handle.first]
+
+    def _graph_nodes(self, handle: GraphHandle):
+        return self._sorted_nodes[handle.number]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Collectives
+    # ------------------------------------------------------------------------------------------------------
+    def _collective(self, state: _Rank, index: int, tick: int) -> None:
+        node = self._node(state, index)
+        rank = state.rank
+        group = node.pg_name or ""
+        if group in ("", "0"):
+            members: tuple[int, ...] = tuple(range(self.npus))
+            group = ""
+        else:
+            members = self.groups.get(group)  # type: ignore[assignment]
+            if members is None:
+                raise PipesimError(
+                    f"rank {rank} node {node.id} {node.name}: pg_name {group!r} names no communicator group "
+                    f"(known: {', '.join(sorted(self.groups)) or 'none'}; pass --comm-group-configuration)"
+                )
+            if rank not in members:
+                raise PipesimError(
+                    f"rank {rank} node {node.id} {node.name}: rank {rank} is not in communicator group {group} "
+                    f"{list(members)}"
+                )
+        seq = state.coll_seq.get(group, 0)
+        state.coll_seq[group] = seq + 1
+        key = (group, seq)
+        comm_type = int(node.comm_type)
+        size = int(node.comm_size)
+        instance = self._instances.get(key)
+        if instance is None:
+            instance = self._new_instance(key, comm_type, size, members, node, rank)
+            self._instances[key] = instance
+        elif instance.comm_type != comm_type or instance.size != size:
+            first = next(iter(instance.issued))
+            raise PipesimError(
+                f"rank {rank} node {node.id} {node.name}: collective #{seq} of group {group or 'all'} is "
+                f"{COLLECTIVE_NAMES[comm_type]} of {size} bytes here but "
+                f"{COLLECTIVE_NAMES[instance.comm_type]} of {instance.size} bytes on rank {first}; every member "
+                "must issue the same collectives in the same order"
+            )
+        instance.issued[rank] = (index, tick)
+        if len(instance.issued) == len(instance.members):
+            del self._instances[key]  # all members are in: nothing else will look it up
+        if not instance.phases:
+            self._push(tick, E_DONE, rank, index)
+            return
+        state.colls_left[index] = instance.chunks
+        if self._policy == "LIFO":
+            priority = state.priority
+            state.priority += 1
+        elif self._policy == "FIFO":
+            priority = state.priority
+            state.priority -= 1
+        else:
+            priority = node.comm_priority or 0
+        for chunk in range(instance.chunks):
+            self._enter_phase(_Stream(instance, rank, index, chunk, priority), tick)
+
+    def _new_instance(self, key, comm_type: int, size: int, members: tuple[int, ...], node, rank: int) -> _Instance:
+        chunk = size // self._splits
+        if chunk == 0:
+            raise PipesimError(
+                f"rank {rank} node {node.id} {node.name}: comm_size {size} is smaller than preferred-dataset-splits "
+                f"{self._splits}; ASTRA-Sim cannot split it (use a larger comm_size)"
+            )
+        chunks = -(-size // chunk)
+        impls = self._impls[comm_type]
+        if len(members) != self.npus:
+            dims = [(0, len(members), "ring")]
+            phases = plan_phases(comm_type, chunk, dims, self._local_bw_aware, local=True)
+        else:
+            involved = node.involved_dim
+            dims = []
+            for dim, count in enumerate(self.network.counts):
+                flag = True if involved is None or dim >= len(involved) else bool(involved[dim])
+                if flag and count > 1:
+                    dims.append((dim, count, impls[dim]))
+            phases = plan_phases(comm_type, chunk, dims, self._local_bw_aware, local=False) if dims else []
+        return _Instance(key, comm_type, size, members, phases, chunks)
+
+    @property
+    def _local_bw_aware(self) -> bool:
+        return self.config.system.collective_optimization == "localBWAware"
+
+    def _enter_phase(self, stream: _Stream, tick: int) -> None:
+        """Move a stream into its next phase's queue (or finish its chunk), then start what the queues allow."""
+        state = self.ranks[stream.rank]
+        previous = stream.phase
+        if previous >= 0:
+            dim = stream.instance.phases[previous].dim
+            state.queues[dim].remove(stream)
+            state.running[dim] -= 1
+        stream.phase += 1
+        stream.initialized = False
+        phases = stream.instance.phases
+        if stream.phase < len(phases):
+            queue = state.queues[phases[stream.phase].dim]
+            position = 0
+            for position, other in enumerate(queue):  # noqa: B007
+                if not other.initialized and other.priority < stream.priority:
+                    break
+            else:
+                position = len(queue)
+            queue.insert(position, stream)
+        else:
+            left = state.colls_left[stream.node] - 1
+            if left:
+                state.colls_left[stream.node] = left
+            else:
+                del state.colls_left[stream.node]
+                self._push(tick, E_DONE, stream.rank, stream.node)
+        if previous >= 0:
+            self._start_streams(state, stream.instance.phases[previous].dim, tick)
+        if stream.phase < len(phases):
+            self._start_streams(state, phases[stream.phase].dim, tick)
+
+    def _start_streams(self, state: _Rank, dim: int, tick: int) -> None:
+        queue = state.queues[dim]
+        running = state.running
+        while running[dim] < self._threshold and running[dim] < len(queue):
+            stream = queue[running[dim]]
+            running[dim] += 1
+            stream.initialized = True
+            self._phase_started(stream, tick)
+
+    def _phase_line(self, stream: _Stream) -> tuple[int, ...]:
+        instance = stream.instance
+        plan = instance.phases[stream.phase]
+        if plan.local:
+            return instance.members
+        stride = self._strides[plan.dim]
+        count = self.network.counts[plan.dim]
+        base = stream.rank - ((stream.rank // stride) % count) * stride
+        return tuple(base + i * stride for i in range(count))
+
+    def _phase_started(self, stream: _Stream, tick: int) -> None:
+        line = self._phase_line(stream)
+        key = (stream.chunk, stream.phase, line)
+        starts = stream.instance.starts.setdefault(key, {})
+        starts[stream.rank] = (tick, stream)
+        if len(starts) < len(line):
+            return
+        del stream.instance.starts[key]
+        plan = stream.instance.phases[stream.phase]
+        ticks = [starts[member][0] for member in line]
+        for member, finish in zip(line, self._phase_finishes(plan, line, ticks), strict=True):
+            self._push(finish, E_PHASE, member, starts[member][1])
+
+    def _phase_finishes(self, plan: PhasePlan, line: tuple[int, ...], ticks: list[int]) -> list[int]:
+        base = min(ticks)
+        relative = tuple(t - base for t in ticks)
+        where = line if plan.local else plan.dim
+        key = (plan.algorithm, plan.comm_type, plan.data_size, plan.local, where, relative)
+        finishes = self._phase_cache.get(key)
+        if finishes is None:
+            delay = self.network.delay
+
+            def member_delay(i: int, j: int, size: int) -> int:
+                return delay(line[i], line[j], size)
+
+            bundle = 10 if plan.local else self._endpoint_delay
+            algorithm = PhaseAlgorithm(
+                plan.algorithm, plan.comm_type, len(line), plan.data_size, member_delay, bundle, self._local_mem
+            )
+            finishes = algorithm.run(list(relative))
+            self._phase_cache[key] = finishes
+        return [base + f for f in finishes]
+
+    def _phase_done(self, stream: _Stream, tick: int) -> None:
+        state = self.ranks[stream.rank]
+        self._enter_phase(stream, tick)
+        self._issue(state)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Results and deadlocks
+    # ------------------------------------------------------------------------------------------------------
+    def check_complete(self) -> None:
+        stuck = {state.rank: self._stuck_nodes(state) for state in self.ranks if state.remaining}
+        if not stuck:
+            return
+        reasons = []
+        for rank, entries in stuck.items():
+            for index, why in entries[:3]:
+                state = self.ranks[rank]
+                reasons.append(f"rank {rank} node {state.ids[index]} {state.names[index]} {why}")
+        more = sum(len(v) for v in stuck.values()) - len(reasons)
+        tail = f" (and {more} more stuck nodes)" if more > 0 else ""
+        raise DeadlockError(
+            "simulation stalled at tick {}: {}{}".format(self.now, "; ".join(reasons), tail),
+            stuck={rank: [self.ranks[rank].ids[i] for i, _ in entries] for rank, entries in stuck.items()},
+        )
+
+    def _stuck_nodes(self, state: _Rank) -> list[tuple[int, str]]:
+        """(node index, why) for a stalled rank: root causes first, then anything else left."""
+        causes: list[tuple[int, str]] = []
+        rank = state.rank
+        for (src, tag, size), queue in state.waiting_recvs.items():
+            sizes = [k[2] for k, q in state.arrived.items() if q and k[0] == src and k[1] == tag and k[2] != size]
+            for index in queue:
+                if sizes:
+                    why = f"waits for a send {src}->{rank} tag {tag} size {size}, but that send has size {sizes[0]}"
+                else:
+                    why = f"waits for a send {src}->{rank} tag {tag} size {size} that never comes"
+                causes.append((index, why))
+        for index in state.colls_left:
+            why = "is a collective whose other members never reach the same phase"
+            for instance in self._instances.values():
+                if instance.issued.get(rank, (-1, 0))[0] == index:
+                    absent = [m for m in instance.members if m not in instance.issued]
+                    why = (
+                        f"({COLLECTIVE_NAMES[instance.comm_type]} #{instance.key[1]} of group "
+                        f"{instance.key[0] or 'all'}) waits for ranks {absent[:8]} that never issue it"
+                    )
+            causes.append((index, why))
+        for index, parents in state.missing.items():
+            causes.append((index, f"depends on missing node id(s) {parents[:4]}"))
+        for index, kids in enumerate(state.children):
+            if kids and state.kinds[index] == K_STALL and any(state.pending[k] > 0 for k in kids):
+                kind = _TYPE_NAMES[state.types[index]]
+                causes.append((index, f"is a {kind}: ASTRA-Sim never releases its children (give it none)"))
+        cycle = self._cycle_nodes(state)
+        if cycle:
+            causes.append((cycle[0], f"is in a dependency cycle ({len(cycle)} nodes on or after it)"))
+        if not causes:
+            causes = [(i, "never becomes ready") for i in range(len(state.ids)) if state.pending[i] > 0][:1]
+        unique: dict[int, str] = {}
+        for index, why in causes:
+            unique.setdefault(index, why)
+        return list(unique.items())
+
+    def _cycle_nodes(self, state: _Rank) -> list[int]:
+        """Nodes on a dependency cycle (Kahn's algorithm leftovers that are not downstream of missing deps)."""
+        count = len(state.ids)
+        indegree = [0] * count
+        for index in range(count):
+            for child in state.children[index] or ():
+                indegree[child] += 1
+        queue = [i for i in range(count) if indegree[i] == 0]
+        seen = 0
+        while queue:
+            index = queue.pop()
+            seen += 1
+            for child in state.children[index] or ():
+                indegree[child] -= 1
+                if indegree[child] == 0:
+                    queue.append(child)
+        if seen == count:
+            return []
+        return [i for i in range(count) if indegree[i] > 0]
+
+    def result(self) -> SimResult:
+        finish = [state.finish for state in self.ranks]
+        exposed = [state.finish - state.compute for state in self.ranks]
+        node_times = None
+        if self.record:
+            node_times = [
+                [(state.ids[i], state.names[i], state.types[i], state.issue[i], state.end[i]) for i in state.order]
+                for state in self.ranks
+            ]
+        return SimResult(finish, exposed, node_times)
+
+
+def _node_id(node) -> int:
+    return node.id
+
+
+def _per_dim(names: list[str], dims: int) -> list[str]:
+    """One implementation per dimension; a shorter list repeats its last entry."""
+    if not names:
+        return ["ring"] * dims
+    return [names[min(dim, len(names) - 1)] for dim in range(dims)]
