@@ -14,7 +14,7 @@ strings do (workload/Workload.cc: report(), issue(), call()), so pipesim's own o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -138,11 +138,24 @@ def node_times_from_trace(lines: Iterable[str], npus: int, source: Path | str = 
     return [[times[node_id] for node_id in sorted(times)] for times in done]
 
 
-def read_lines(path: Path) -> list[str]:
-    """A log file's lines (undecodable bytes replaced: a binary's log may hold anything)."""
+def _open_log(path: Path):
     try:
-        return path.read_text(errors="replace").splitlines()
+        # Undecodable bytes are replaced: a binary's log may hold anything.
+        return open(path, encoding="utf-8", errors="replace")
     except FileNotFoundError:
         raise PipesimError(f"{path}: no such file (the simulator wrote no log there)") from None
     except OSError as exc:
         raise PipesimError(f"{path}: cannot read the log ({exc.strerror})") from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """A log file's lines, without line ends."""
+    with _open_log(path) as handle:
+        return handle.read().splitlines()
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    """A log file's lines, streamed (a trace-enabled log.log of a large run can be gigabytes)."""
+    with _open_log(path) as handle:
+        for line in handle:
+            yield line.rstrip("\r\n")

@@ -28,6 +28,7 @@ from astra_driver.astra_output import (
     TraceEvent,
     format_finish_line,
     format_trace_line,
+    iter_lines,
     node_times_from_trace,
     parse_finish_lines,
     read_lines,
@@ -131,7 +132,11 @@ class BuiltinBackend:
         result = engine.simulate(workload, config, record_node_times=run.record_node_times or write_trace)
         node_times = None
         if result.node_times is not None:
-            node_times = [[NodeTime(*entry) for entry in rank_times] for rank_times in result.node_times]
+            # Node id order on every backend (the engine lists nodes as they complete).
+            node_times = [
+                sorted((NodeTime(*entry) for entry in rank_times), key=lambda entry: entry.node_id)
+                for rank_times in result.node_times
+            ]
         log_path = None
         if run.logging_folder is not None:
             log_path = run.logging_folder / TRACE_LOG_NAME
@@ -148,22 +153,22 @@ class BuiltinBackend:
 
 
 def _builtin_log(finish_ns: list[int], exposed_ns: list[int], node_times: list[list[NodeTime]] | None) -> bytes:
-    """ASTRA-Sim's log.log bodies: the trace lines in tick order (issue before callback), then the results."""
+    """ASTRA-Sim's log.log bodies: the trace lines in causal order, then the per-rank results."""
     lines: list[str] = []
     if node_times is not None:
+        # Within one tick: completions of earlier nodes, then the issues they allowed, then completions of
+        # zero-time nodes issued at that tick (a node's issue line always precedes its callback line).
         events: list[tuple[int, int, int, int, TraceEvent]] = []
         for rank, times in enumerate(node_times):
             for entry in times:
                 issue = TraceEvent("issue", rank, entry.issue_ns, entry.node_id, entry.name, entry.type)
                 callback = TraceEvent("callback", rank, entry.end_ns, entry.node_id, entry.name, entry.type)
-                events.append((entry.issue_ns, 0, rank, entry.node_id, issue))
-                events.append((entry.end_ns, 1, rank, entry.node_id, callback))
+                events.append((entry.issue_ns, 1, rank, entry.node_id, issue))
+                events.append((entry.end_ns, 0 if entry.end_ns > entry.issue_ns else 2, rank, entry.node_id, callback))
         events.sort(key=lambda item: item[:4])
         lines.extend(format_trace_line(item[4]) for item in events)
-    lines.extend(
-        format_finish_line(rank, finish, exposed)
-        for rank, (finish, exposed) in enumerate(zip(finish_ns, exposed_ns, strict=True))
-    )
+    for rank, (finish, exposed) in enumerate(zip(finish_ns, exposed_ns, strict=True)):
+        lines.append(format_finish_line(rank, finish, exposed))
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -347,7 +352,7 @@ def _collect(
                 f'{run.system}: trace-enabled is not set; add "trace-enabled": 1 to record node times with the '
                 f"{backend} backend"
             )
-        node_times = node_times_from_trace(read_lines(log_path), npus, log_path)
+        node_times = node_times_from_trace(iter_lines(log_path), npus, log_path)
     return BackendResult(
         backend=backend,
         finish_ns=[finished[rank].finish_ns for rank in range(npus)],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ def test_binary_missing_directory_not_executable(tmp_path: Path) -> None:
 
 def test_good_run_parses_stdout_and_trace(tmp_path: Path) -> None:
     run = write_small_run(tmp_path / "run")
-    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    run = replace(run, record_node_times=True)
     binary = good_binary(tmp_path / "astra")
     result = replay(run, "astra-sim", _options(binary))
     assert result.backend == "astra-sim"
@@ -156,7 +157,7 @@ def test_good_run_parses_stdout_and_trace(tmp_path: Path) -> None:
 
 def test_stale_log_is_not_read_as_this_runs_trace(tmp_path: Path) -> None:
     run = write_small_run(tmp_path / "run")
-    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    run = replace(run, record_node_times=True)
     run.logging_folder.mkdir(parents=True)
     (run.logging_folder / "log.log").write_text("issue,sys->id=1, tick=5, node->id=9, node->name=old, node->type=4\n")
     binary = write_script(tmp_path / "astra", heredoc(small_stdout_lines()))  # writes no log.log
@@ -166,7 +167,7 @@ def test_stale_log_is_not_read_as_this_runs_trace(tmp_path: Path) -> None:
 
 def test_node_times_need_trace_enabled(tmp_path: Path) -> None:
     run = write_small_run(tmp_path / "run", trace_enabled=False)
-    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    run = replace(run, record_node_times=True)
     with pytest.raises(PipesimError, match='system.json: trace-enabled is not set; add "trace-enabled": 1'):
         replay(run, "astra-sim", _options(good_binary(tmp_path / "astra")))
 
@@ -217,7 +218,7 @@ def test_stall_names_the_ranks_that_never_finished(tmp_path: Path) -> None:
 
 def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     run = write_small_run(tmp_path / "run")
-    run = ReplayRun(**{**run.__dict__, "timeout_s": 0.5})
+    run = replace(run, timeout_s=0.5)
     # The child sleep would outlive a kill of the shell alone.
     binary = write_script(tmp_path / "astra", 'sleep 30 &\necho $! > "$LOG/child.pid"\nwait')
     started = time.monotonic()
@@ -279,7 +280,7 @@ def test_docker_daemon_down(tmp_path: Path) -> None:
 
 def test_docker_good_run_mounts_and_flags(tmp_path: Path) -> None:
     run = write_small_run(tmp_path / "run")
-    run = ReplayRun(**{**run.__dict__, "record_node_times": True})
+    run = replace(run, record_node_times=True)
     bin_dir = tmp_path / "bin"
     fake_docker(bin_dir)
     good_binary(bin_dir / "inside" / "AstraSim_Analytical_Congestion_Unaware")
@@ -330,7 +331,7 @@ def test_registry() -> None:
 @pytest.mark.parametrize("case", conformance_cases())
 def test_builtin_matches_conformance(case: str, tmp_path: Path) -> None:
     expected = json.loads((CONFORMANCE / case / "expected.json").read_text())
-    run = ReplayRun(**{**_conformance_run(case, tmp_path / "log").__dict__, "record_node_times": True})
+    run = replace(_conformance_run(case, tmp_path / "log"), record_node_times=True)
     result = replay(run, "builtin")
     assert result.finish_ns == expected["finish_ns"]
     assert result.exposed_comm_ns == expected["exposed_comm_ns"]
@@ -344,6 +345,64 @@ def test_builtin_matches_conformance(case: str, tmp_path: Path) -> None:
     assert node_times_from_trace(lines, expected["npus"]) == result.node_times
     finished = parse_finish_lines(lines)
     assert [finished[r].finish_ns for r in range(expected["npus"])] == expected["finish_ns"]
+
+
+@needs_engine
+def test_builtin_small_run_hand_computed(tmp_path: Path) -> None:
+    # 2-NPU ring, 50 GB/s (2^30 bytes), 500 ns: 1 MiB takes floor(500 + 2^20 / (50 * 2^30 / 1e9)) = 20031 ns.
+    run = replace(write_small_run(tmp_path / "run"), record_node_times=True)
+    result = replay(run, "builtin")
+    assert result.backend == "builtin"
+    assert result.finish_ns == SMALL_FINISH_NS == [1_000_000 + 20031, 1_000_000 + 20031 + 1_000_000]
+    assert result.exposed_comm_ns == SMALL_EXPOSED_NS
+    expected = [[], []]
+    for rank, node_id, name, node_type, issue, end in SMALL_NODE_TICKS:
+        expected[rank].append(NodeTime(node_id, name, node_type, issue, end))
+    assert result.node_times == expected
+    assert result.stdout_path is None
+    # trace-enabled: log.log holds ASTRA-Sim's trace lines in causal order, then the finish lines.
+    assert result.log_path == run.logging_folder / "log.log"
+    assert result.log_path.read_text().splitlines() == [
+        "issue,sys->id=0, tick=0, node->id=0, node->name=compute, node->type=4",
+        "issue,sys->id=1, tick=0, node->id=0, node->name=recv_from_0, node->type=6",
+        "callback,sys->id=0, tick=1000000, node->id=0, node->name=compute, node->type=4",
+        "issue,sys->id=0, tick=1000000, node->id=1, node->name=send_to_1, node->type=5",
+        "callback,sys->id=0, tick=1020031, node->id=1, node->name=send_to_1, node->type=5",
+        "callback,sys->id=1, tick=1020031, node->id=0, node->name=recv_from_0, node->type=6",
+        "issue,sys->id=1, tick=1020031, node->id=1, node->name=compute, after recv, node->type=4",
+        "callback,sys->id=1, tick=2020031, node->id=1, node->name=compute, after recv, node->type=4",
+        "sys[0] finished, 1020031 cycles, exposed communication 20031 cycles.",
+        "sys[1] finished, 2020031 cycles, exposed communication 1020031 cycles.",
+    ]
+
+
+@needs_engine
+def test_builtin_without_trace_or_folder_writes_no_trace(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run", trace_enabled=False)
+    result = replay(run, "builtin")
+    assert result.node_times is None
+    assert result.log_path.read_text().splitlines() == [
+        "sys[0] finished, 1020031 cycles, exposed communication 20031 cycles.",
+        "sys[1] finished, 2020031 cycles, exposed communication 1020031 cycles.",
+    ]
+    result = replay(replace(run, logging_folder=None), "builtin")
+    assert result.log_path is None and result.finish_ns == SMALL_FINISH_NS
+
+
+@needs_engine
+def test_builtin_stall_is_a_one_line_error(tmp_path: Path) -> None:
+    from llm_converter.chakra.writer import write_workload
+    from llm_converter.graph import GraphBuilder, Workload
+
+    run = write_small_run(tmp_path / "run")
+    sender = GraphBuilder(0)
+    sender.send("send_to_1", dst=1, tag=7, size=1 << 20)
+    receiver = GraphBuilder(1)
+    receiver.recv("recv_from_0", src=0, tag=7, size=1 << 19)  # size mismatch: never matched
+    write_workload(run.workload, Workload([sender.graph, receiver.graph]))
+    with pytest.raises(PipesimError, match="stalled") as info:
+        replay(run, "builtin")
+    assert "\n" not in str(info.value)
 
 
 @needs_engine
@@ -363,7 +422,7 @@ def test_builtin_rank_count_mismatch(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", conformance_cases())
 def test_real_binary_matches_conformance(case: str, tmp_path: Path) -> None:
     expected = json.loads((CONFORMANCE / case / "expected.json").read_text())
-    run = ReplayRun(**{**_conformance_run(case, tmp_path / "log").__dict__, "record_node_times": True})
+    run = replace(_conformance_run(case, tmp_path / "log"), record_node_times=True)
     result = replay(run, "astra-sim", BackendOptions())
     assert result.finish_ns == expected["finish_ns"]
     assert result.exposed_comm_ns == expected["exposed_comm_ns"]
