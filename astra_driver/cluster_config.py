@@ -68,8 +68,8 @@ class InstanceConfig(_Strict):
     tp_size: int = Field(ge=1)
     pp_size: int = Field(ge=1)
     pd_type: Literal["prefill", "decode"] | None = None
-    # Consecutive nodes this instance's NPUs occupy, starting at the node that lists it (num_npus / span_nodes
-    # per node, TP inside a node, PP across). The other nodes of the span must list no instances.
+    # Consecutive nodes this instance's NPUs occupy, starting at the node that lists it: 1, or pp_size (one stage
+    # of tp_size NPUs per node: TP inside a node, PP across). The other nodes of the span list no instances.
     span_nodes: int = Field(default=1, ge=1)
 
 
@@ -370,10 +370,13 @@ def _check_parallelism(
             "use a span_nodes that divides num_npus"
         )
     per_node = instance.num_npus // span
-    if span > 1 and per_node % tp:
+    if span > 1 and per_node != tp:
+        # ASTRA-Sim's analytical network times a message on the first dimension where two ranks' coordinates
+        # differ; with several stages per node, a send between stages on different nodes would differ in
+        # dimension 0 too and be timed at intra-node speed. One stage (one TP group) per node avoids that.
         raise PipesimError(
-            f"{path}: {field_path}.span_nodes: {per_node} NPUs per node is not a multiple of tp_size {tp}, so a "
-            "TP group would cross nodes; keep TP inside a node (span_nodes = pp_size / k)"
+            f"{path}: {field_path}.span_nodes: {per_node} NPUs per node but tp_size is {tp}; an instance across "
+            f"nodes must put exactly one pipeline stage on each node (set span_nodes to pp_size = {pp})"
         )
 
 

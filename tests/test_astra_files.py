@@ -135,7 +135,7 @@ def test_rendered_text_of_the_tp2_pp2_instance() -> None:
         "all-to-all-implementation": ["ring"],
         "collective-optimization": "localBWAware",
         "local-mem-bw": 1597,
-        "peak-perf": 503.8,
+        "peak-perf": get_hardware("RTXPRO6000").peak_tflops,
         "roofline-enabled": 0,
         "replay-only": 0,
         "trace-enabled": 0,

@@ -256,7 +256,7 @@ MUTATIONS: list[tuple[str, Mutation, str, str]] = [
         "use a larger tp_size or pp_size",
     ),
     ("unknown model", _instance(model_name="llama-9000"), f"{P0}.model_name", "meta-llama/Llama-3.1-8B"),
-    ("unknown hardware", _instance(hardware="TPUv9"), f"{P0}.hardware", "use one of A100-80G"),
+    ("unknown hardware", _instance(hardware="TPUv9"), f"{P0}.hardware", "RTXPRO6000"),
     ("num_nodes mismatch", _set("num_nodes", 2), "num_nodes", "says 2 but nodes lists 1"),
     ("num_instances mismatch", _set("nodes", 0, "num_instances", 2), "nodes[0].num_instances", "says 2"),
     ("link_bw 0", _set("link_bw", 0), "link_bw", "must be > 0, got 0"),
@@ -329,14 +329,14 @@ def test_span_covers_a_node_that_lists_an_instance(tmp_path: Path) -> None:
         load_cluster_config(write(tmp_path, doc))
 
 
-def test_span_must_keep_tp_inside_a_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("npus", "tp", "pp"), [(8, 8, 1), (8, 2, 4), (4, 1, 4)])
+def test_span_must_put_one_stage_on_each_node(tmp_path: Path, npus: int, tp: int, pp: int) -> None:
     doc = copy.deepcopy(SEED)
-    instance0(doc).update(num_npus=8, tp_size=8, pp_size=1, span_nodes=2)
+    instance0(doc).update(num_npus=npus, tp_size=tp, pp_size=pp, span_nodes=2)
     doc["nodes"].append({"num_instances": 0, "cpu_mem": doc["nodes"][0]["cpu_mem"], "instances": []})
     doc["num_nodes"] = 2
-    with pytest.raises(
-        PipesimError, match=re.escape(f"{P0}.span_nodes: 4 NPUs per node is not a multiple of tp_size 8")
-    ):
+    expected = f"{P0}.span_nodes: {npus // 2} NPUs per node but tp_size is {tp}; an instance across nodes must put "
+    with pytest.raises(PipesimError, match=re.escape(expected) + rf".*set span_nodes to pp_size = {pp}\)$"):
         load_cluster_config(write(tmp_path, doc))
 
 
