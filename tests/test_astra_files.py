@@ -256,3 +256,53 @@ def test_what_astra_sim_rejects_is_refused_before_writing(tmp_path: Path, config
     assert what in str(caught.value)
     assert str(caught.value).startswith(f"{tmp_path / 'out'}: cannot write ASTRA-Sim config files: ")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The seed's claim, end to end on the builtin engine: link_bw / link_latency move a PP send's time
+# ------------------------------------------------------------------------------------------------------------
+
+SEND_BYTES = 8 * 2**20
+
+
+def _finish_of_one_send(doc: dict, src: int, dst: int) -> int:
+    from astra_driver.engine import simulate
+    from llm_converter.graph import GraphBuilder, Workload
+
+    cluster = cluster_config_from_dict(doc)
+    config = astra_config_for_instance(cluster, 0)
+    builders = [GraphBuilder(rank) for rank in range(config.network.npus)]
+    for rank, builder in enumerate(builders):
+        if rank == src:
+            builder.send("activations", dst=dst, tag=7, size=SEND_BYTES, deps=[builder.comp("stage", 100)])
+        elif rank == dst:
+            builder.comp("next_stage", 100, deps=[builder.recv("activations", src=src, tag=7, size=SEND_BYTES)])
+        else:
+            builder.comp("idle", 1)
+    result = simulate(Workload([b.graph for b in builders]), config)
+    return result.finish_ns[dst]
+
+
+def _message_ns(bandwidth_gb: float, latency_ns: float) -> int:
+    # ASTRA-Sim's analytical delay, one hop (FullyConnected): floor(latency + size / (bw * 2^30 / 1e9)).
+    return int(latency_ns + SEND_BYTES / (bandwidth_gb * 2**30 / 1e9))
+
+
+def test_link_bw_and_latency_move_a_pipeline_send() -> None:
+    base = _finish_of_one_send(SEED, 0, 1)
+    faster = _finish_of_one_send(copy.deepcopy(SEED) | {"link_bw": 64}, 0, 1)
+    slower = _finish_of_one_send(copy.deepcopy(SEED) | {"link_latency": 30000}, 0, 1)
+    assert base - faster == _message_ns(16, 20000) - _message_ns(64, 20000) == 508_281 - 142_070
+    assert slower - base == 10_000
+
+
+def test_two_node_instance_sends_across_nodes_on_the_cluster_link() -> None:
+    doc = json.loads((CLUSTER_DIR / "tp8_pp2.json").read_text())
+    across = _finish_of_one_send(doc, 0, 8)  # stage 0 -> stage 1: node 0 -> node 1
+    across_fast = _finish_of_one_send(doc | {"link_bw": 100}, 0, 8)
+    assert across - across_fast == _message_ns(50, 5000) - _message_ns(100, 5000)
+    inside = _finish_of_one_send(doc, 0, 1)  # within node 0: NVLink, untouched by link_bw
+    assert inside == _finish_of_one_send(doc | {"link_bw": 100}, 0, 1)
+    h100 = get_hardware("H100-SXM")
+    expected = _message_ns(h100.interconnect_gbps, h100.interconnect_latency_ns)
+    assert across - inside == _message_ns(50, 5000) - expected
