@@ -194,12 +194,7 @@ class ClusterConfig:
 def load_cluster_config(path: Path | str, dtype: str = "bfloat16") -> ClusterConfig:
     """Read and check a cluster config JSON; weights are sized with `dtype` (bfloat16, float16, ...)."""
     path = Path(path)
-    data = _read_json(path)
-    try:
-        spec = ClusterSpec.model_validate(data)
-    except ValidationError as exc:
-        raise PipesimError(f"{path}: {_describe_validation_error(exc)}") from None
-    return _resolve(path, spec, dtype)
+    return cluster_config_from_dict(_read_json(path), source=path, dtype=dtype)
 
 
 def cluster_config_from_dict(
