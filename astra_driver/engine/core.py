@@ -571,8 +571,38 @@ class Engine:
             state.priority -= 1
         else:
             priority = node.comm_priority or 0
+        if len(instance.phases) == 1:
+            # One phase (a group ring, or one involved dimension): no member of a line can finish before the
+            # line's last member issues, and the comm slot keeps other collectives out of this rank's queue
+            # meanwhile, so a line's whole collective is timed in one go when its last member arrives.
+            plan = instance.phases[0]
+            line = instance.members if plan.local else self._line(rank, plan.dim)
+            if all(member in instance.issued for member in line):
+                self._single_phase(instance, plan, line)
+            return
         for chunk in range(instance.chunks):
             self._enter_phase(_Stream(instance, rank, index, chunk, priority), tick)
+
+    def _single_phase(self, instance: _Instance, plan: PhasePlan, line: tuple[int, ...]) -> None:
+        """Chunks of a one-phase collective run through the dimension's queue, `active-chunks` at a time."""
+        threshold = self._threshold
+        issue_ticks = [instance.issued[member][1] for member in line]
+        finishes: list[list[int]] = []
+        for chunk in range(instance.chunks):
+            starts = issue_ticks if chunk < threshold else finishes[chunk - threshold]
+            finishes.append(self._phase_finishes(plan, line, starts))
+        tail = finishes[-threshold:]
+        for position, member in enumerate(line):
+            index = instance.issued[member][0]
+            done = max(chunk_finish[position] for chunk_finish in tail)
+            del self.ranks[member].colls_left[index]
+            self._push(done, E_DONE, member, index)
+
+    def _line(self, rank: int, dim: int) -> tuple[int, ...]:
+        stride = self._strides[dim]
+        count = self.network.counts[dim]
+        base = rank - ((rank // stride) % count) * stride
+        return tuple(base + i * stride for i in range(count))
 
     def _new_instance(self, key, comm_type: int, size: int, members: tuple[int, ...], node, rank: int) -> _Instance:
         chunk = size // self._splits
@@ -646,10 +676,7 @@ class Engine:
         plan = instance.phases[stream.phase]
         if plan.local:
             return instance.members
-        stride = self._strides[plan.dim]
-        count = self.network.counts[plan.dim]
-        base = stream.rank - ((stream.rank // stride) % count) * stride
-        return tuple(base + i * stride for i in range(count))
+        return self._line(stream.rank, plan.dim)
 
     def _phase_started(self, stream: _Stream, tick: int) -> None:
         line = self._phase_line(stream)
