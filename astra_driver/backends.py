@@ -64,6 +64,13 @@ class ReplayRun:
     logging_folder: Path | None = None
     timeout_s: float | None = DEFAULT_TIMEOUT_S  # None or 0: no limit
     record_node_times: bool = False
+    # ASTRA-Sim's other flags; None means not given (the binary's own default applies).
+    injection_scale: float | None = None  # multiplies endpoint-delay
+    comm_scale: float | None = None  # read by the binary, unused by its analytical backend
+    compute_scale: float | None = None
+    num_queues_per_dim: int | None = None
+    rendezvous_protocol: str | None = None  # passed verbatim: "true" / "false"
+    logging_configuration: Path | None = None  # spdlog configuration file
 
 
 @dataclass
@@ -117,6 +124,7 @@ class BuiltinBackend:
         from llm_converter.chakra.reader import count_ranks, read_workload
         from llm_converter.chakra.writer import et_path
 
+        _check_builtin_flags(run)
         config = load_astra_config(run.system, run.network, run.memory, run.comm_groups)
         npus = config.network.npus
         present = count_ranks(run.workload)
@@ -129,7 +137,12 @@ class BuiltinBackend:
         workload = read_workload(run.workload, npus=npus)
         check_workload_matches(workload, config)
         write_trace = run.logging_folder is not None and config.system.trace_enabled
-        result = engine.simulate(workload, config, record_node_times=run.record_node_times or write_trace)
+        result = engine.simulate(
+            workload,
+            config,
+            record_node_times=run.record_node_times or write_trace,
+            injection_scale=1.0 if run.injection_scale is None else run.injection_scale,
+        )
         node_times = None
         if result.node_times is not None:
             # Node id order on every backend (the engine lists nodes as they complete).
@@ -150,6 +163,25 @@ class BuiltinBackend:
             node_times=node_times if run.record_node_times else None,
             log_path=log_path,
         )
+
+
+def _check_builtin_flags(run: ReplayRun) -> None:
+    """ASTRA-Sim flags the builtin engine does not model are refused unless they hold the binary's default."""
+    if run.injection_scale is not None and not run.injection_scale > 0:
+        raise PipesimError(f"--injection-scale {run.injection_scale:g}: must be > 0 (it multiplies endpoint-delay)")
+    unmodelled = "the builtin engine does not model it; drop the flag or use --backend astra-sim"
+    if run.compute_scale is not None and run.compute_scale != 1.0:
+        raise PipesimError(f"--compute-scale {run.compute_scale:g}: {unmodelled}")
+    if run.num_queues_per_dim is not None and run.num_queues_per_dim != 1:
+        raise PipesimError(f"--num-queues-per-dim {run.num_queues_per_dim}: {unmodelled} (it uses 1)")
+    if run.rendezvous_protocol is not None and run.rendezvous_protocol.strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        raise PipesimError(f"--rendezvous-protocol {run.rendezvous_protocol}: {unmodelled}")
+    # --comm-scale is unused by ASTRA-Sim's analytical backend and --logging-configuration only shapes its logs.
 
 
 def _builtin_log(finish_ns: list[int], exposed_ns: list[int], node_times: list[list[NodeTime]] | None) -> bytes:
@@ -191,6 +223,17 @@ def astra_sim_arguments(run: ReplayRun, logging_folder: Path, absolute: bool = F
     ]
     if run.comm_groups is not None:
         args.append(f"--comm-group-configuration={path(run.comm_groups)}")
+    for flag, value in (
+        ("--injection-scale", run.injection_scale),
+        ("--comm-scale", run.comm_scale),
+        ("--compute-scale", run.compute_scale),
+        ("--num-queues-per-dim", run.num_queues_per_dim),
+        ("--rendezvous-protocol", run.rendezvous_protocol),
+    ):
+        if value is not None:
+            args.append(f"{flag}={value:g}" if isinstance(value, float) else f"{flag}={value}")
+    if run.logging_configuration is not None:
+        args.append(f"--logging-configuration={path(run.logging_configuration)}")
     args.append(f"--logging-folder={path(logging_folder)}")
     return args
 
@@ -201,6 +244,8 @@ def _check_inputs(run: ReplayRun) -> None:
     files.append(("--remote-memory-configuration", run.memory))
     if run.comm_groups is not None:
         files.append(("--comm-group-configuration", run.comm_groups))
+    if run.logging_configuration is not None:
+        files.append(("--logging-configuration", run.logging_configuration))
     for flag, path in files:
         if not Path(path).is_file():
             raise PipesimError(f"{path}: no such file (given as {flag})")
@@ -449,7 +494,7 @@ class DockerBackend:
         # Every folder the simulator reads from or writes to, mounted at the same path inside the container so
         # the flags need no rewriting.
         folders = {Path(os.path.abspath(run.workload)).parent, logging_folder}
-        for path in (run.system, run.network, run.memory, run.comm_groups):
+        for path in (run.system, run.network, run.memory, run.comm_groups, run.logging_configuration):
             if path is not None:
                 folders.add(Path(os.path.abspath(path)).parent)
         mounts: list[str] = []

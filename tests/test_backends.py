@@ -93,6 +93,30 @@ def test_astra_sim_arguments_exact() -> None:
     ]
 
 
+def test_astra_sim_other_flags_pass_through() -> None:
+    run = ReplayRun(
+        Path("w"),
+        Path("s.json"),
+        Path("n.yml"),
+        Path("m.json"),
+        injection_scale=2.0,
+        comm_scale=1.5,
+        compute_scale=1.0,
+        num_queues_per_dim=2,
+        rendezvous_protocol="false",
+        logging_configuration=Path("spd.toml"),
+    )
+    assert astra_sim_arguments(run, Path("log"))[4:] == [
+        "--injection-scale=2",
+        "--comm-scale=1.5",
+        "--compute-scale=1",
+        "--num-queues-per-dim=2",
+        "--rendezvous-protocol=false",
+        "--logging-configuration=spd.toml",
+        "--logging-folder=log",
+    ]
+
+
 def test_binary_command_defaults_to_astra_sims_log_folder(tmp_path: Path) -> None:
     binary = good_binary(tmp_path / "astra")
     run = ReplayRun(Path("w"), Path("s.json"), Path("n.yml"), Path("m.json"))
@@ -403,6 +427,40 @@ def test_builtin_stall_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(PipesimError, match="stalled") as info:
         replay(run, "builtin")
     assert "\n" not in str(info.value)
+
+
+@needs_engine
+def test_builtin_injection_scale_and_unmodelled_flags(tmp_path: Path) -> None:
+    from llm_converter.chakra.writer import write_workload
+    from llm_converter.graph import CollectiveType, GraphBuilder, Workload
+
+    run = write_small_run(tmp_path / "run")
+    (tmp_path / "run" / "network.yml").write_text(
+        "topology: [ Ring ]\nnpus_count: [ 4 ]\nbandwidth: [ 50.0 ]\nlatency: [ 500.0 ]\n"
+    )
+    builders = [GraphBuilder(rank) for rank in range(4)]
+    for builder in builders:
+        builder.collective("grad_ar", CollectiveType.ALL_REDUCE, 1 << 20)
+    write_workload(run.workload, Workload([b.graph for b in builders]))
+    # README ring all-reduce, P = 4, n = 4: m = 2^20 / 4 / 4, s = 6, r = 3; the (s + 1) * endpoint-delay term
+    # scales with --injection-scale (ASTRA-Sim multiplies endpoint-delay by it).
+    step = int(500 + 65536 / (50 * 2**30 / 1e9))
+    reduce = 3 * (65536 // 1600)
+
+    def closed_form(endpoint_delay: int) -> int:
+        return 4 * (6 * step + 3 * reduce + 7 * endpoint_delay)
+
+    assert closed_form(10) == 43000
+    assert replay(run, "builtin").finish_ns == [closed_form(10)] * 4
+    scaled = replay(replace(run, injection_scale=3.0, comm_scale=7.0, rendezvous_protocol="false"), "builtin")
+    assert scaled.finish_ns == [closed_form(30)] * 4
+    for change, flag in (
+        ({"compute_scale": 2.0}, "--compute-scale 2"),
+        ({"num_queues_per_dim": 4}, "--num-queues-per-dim 4"),
+        ({"rendezvous_protocol": "true"}, "--rendezvous-protocol true"),
+    ):
+        with pytest.raises(PipesimError, match=f"{flag}: the builtin engine does not model it"):
+            replay(replace(run, **change), "builtin")
 
 
 @needs_engine

@@ -96,6 +96,22 @@ def replay_command(
     node_times: Annotated[
         Path | None, typer.Option("--node-times", help="Write rank,node_id,name,type,issue_ns,end_ns to this CSV.")
     ] = None,
+    injection_scale: Annotated[
+        float | None, typer.Option("--injection-scale", help="ASTRA-Sim's: multiplies endpoint-delay (default 1).")
+    ] = None,
+    comm_scale: Annotated[float | None, typer.Option("--comm-scale", help="ASTRA-Sim's (unused by it).")] = None,
+    compute_scale: Annotated[
+        float | None, typer.Option("--compute-scale", help="ASTRA-Sim's; binaries only unless 1.")
+    ] = None,
+    num_queues_per_dim: Annotated[
+        int | None, typer.Option("--num-queues-per-dim", help="ASTRA-Sim's; binaries only unless 1.")
+    ] = None,
+    rendezvous_protocol: Annotated[
+        str | None, typer.Option("--rendezvous-protocol", help="ASTRA-Sim's true/false; binaries only unless false.")
+    ] = None,
+    logging_configuration: Annotated[
+        Path | None, typer.Option("--logging-configuration", help="ASTRA-Sim's spdlog config (binaries only).")
+    ] = None,
 ) -> None:
     """Run a workload like ASTRA-Sim and print its per-rank 'finished' lines."""
     if timeout < 0:
@@ -111,6 +127,12 @@ def replay_command(
         logging_folder=logging_folder,
         timeout_s=timeout or None,
         record_node_times=node_times is not None,
+        injection_scale=injection_scale,
+        comm_scale=comm_scale,
+        compute_scale=compute_scale,
+        num_queues_per_dim=num_queues_per_dim,
+        rendezvous_protocol=rendezvous_protocol,
+        logging_configuration=logging_configuration,
     )
     options = BackendOptions(astra_sim_bin=astra_sim_bin, docker_image=docker_image, docker_binary=docker_binary)
     result = replay(run, backend, options)
