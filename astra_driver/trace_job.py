@@ -1,0 +1,363 @@
+"""What `pipesim trace` and `pipesim convert` do, as library calls the tests use directly.
+
+trace:   cluster instance (or model/hardware/tp/pp flags) + one iteration's batch -> latency per layer ->
+         balanced stage split -> layer list -> per-NPU graphs -> traces/<name>/llm.<npu>.et, layers.csv and
+         ASTRA-Sim's network.yml, system.json, memory.json (+ comm_groups.json when TP groups exist).
+convert: a researcher's layer CSV + tp/pp -> <prefix>.<npu>.et (+ the config files when a cluster is given).
+
+trace writes everything into a hidden temporary folder beside the destination and renames it into place,
+so traces/<name>/ is either the previous complete output or the new complete output, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astra_driver.astra_files import astra_config_for_instance, write_astra_files
+from astra_driver.cluster_config import ClusterConfig, PlacedInstance, cluster_config_from_dict, load_cluster_config
+from llm_converter.chakra.reader import count_ranks
+from llm_converter.chakra.writer import et_path, write_workload
+from llm_converter.errors import PipesimError
+from llm_converter.graph import Workload
+from llm_converter.hardware import get_hardware
+from llm_converter.iteration import Iteration, PrefillChunk
+from llm_converter.latency import make_latency_model
+from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
+from llm_converter.models import dtype_bytes
+from llm_converter.plan import ParallelPlan, stage_params, weight_bytes_per_npu
+from llm_converter.serving import build_serving_workload
+
+WORKLOAD_PREFIX = "llm"
+LAYERS_FILE = "layers.csv"
+DEFAULT_DTYPE = "float16"
+# CPU memory of the one node made up for --model/--hardware runs (the seed's cluster config values).
+FLAG_CPU_MEM = {"mem_size": 512, "mem_bw": 256, "mem_latency": 0}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+
+
+# --- the batch ---------------------------------------------------------------------------------------------
+
+
+def parse_prefill(text: str) -> PrefillChunk:
+    """`TOKENS` or `TOKENS@CONTEXT`: a prefill chunk of TOKENS new tokens after CONTEXT cached ones."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:@\s*(\d+)\s*)?", text)
+    if not match or int(match.group(1)) < 1:
+        raise PipesimError(f"--prefill {text!r}: expected TOKENS or TOKENS@CONTEXT with TOKENS >= 1, e.g. 512@128")
+    return PrefillChunk(tokens=int(match.group(1)), context=int(match.group(2) or 0))
+
+
+def parse_decode(text: str) -> tuple[int, ...]:
+    """`COUNTxKV`: COUNT decode requests, each with KV tokens already cached."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or int(match.group(1)) < 1:
+        raise PipesimError(f"--decode {text!r}: expected COUNTxKV with COUNT >= 1, e.g. 32x1024")
+    return (int(match.group(2)),) * int(match.group(1))
+
+
+def iteration_from_flags(prefill: list[str], decode: list[str]) -> Iteration:
+    if not prefill and not decode:
+        raise PipesimError("trace: the batch is empty; give --prefill TOKENS[@CONTEXT] and/or --decode COUNTxKV")
+    decodes: tuple[int, ...] = ()
+    for text in decode:
+        decodes += parse_decode(text)
+    return Iteration(prefill=tuple(parse_prefill(text) for text in prefill), decode=decodes)
+
+
+# --- the instance ------------------------------------------------------------------------------------------
+
+
+def cluster_from_flags(
+    model: str,
+    hardware: str,
+    tp: int,
+    pp: int,
+    dtype: str,
+    link_bw: float | None = None,
+    link_latency: float | None = None,
+) -> ClusterConfig:
+    """A one-node, one-instance cluster config for --model/--hardware runs; links default to the hardware's
+    NPU interconnect. Checked exactly like a cluster JSON."""
+    spec = get_hardware(hardware)
+    document = {
+        "num_nodes": 1,
+        "link_bw": float(link_bw if link_bw is not None else spec.interconnect_gbps),
+        "link_latency": float(link_latency if link_latency is not None else spec.interconnect_latency_ns),
+        "nodes": [
+            {
+                "num_instances": 1,
+                "cpu_mem": dict(FLAG_CPU_MEM),
+                "instances": [
+                    {
+                        "model_name": model,
+                        "hardware": hardware,
+                        "npu_mem": {
+                            "mem_size": float(spec.memory_gb),
+                            "mem_bw": float(spec.hbm_gbps),
+                            "mem_latency": 0,
+                        },
+                        "num_npus": tp * pp,
+                        "tp_size": tp,
+                        "pp_size": pp,
+                        "pd_type": None,
+                    }
+                ],
+            }
+        ],
+    }
+    return cluster_config_from_dict(document, source="--model/--hardware/--tp/--pp flags", dtype=dtype)
+
+
+# --- trace -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """Everything `pipesim trace` is asked: the instance (a cluster config, or model flags), the batch, output."""
+
+    name: str
+    iteration: Iteration
+    out_dir: Path = Path("traces")
+    dtype: str = DEFAULT_DTYPE
+    profile_dir: Path | None = None
+    cluster_config: Path | None = None
+    instance: int = 0
+    model: str | None = None
+    hardware: str | None = None
+    tp: int | None = None
+    pp: int | None = None
+    link_bw: float | None = None
+    link_latency: float | None = None
+
+
+@dataclass
+class TraceResult:
+    directory: Path
+    prefix: Path
+    plan: ParallelPlan
+    layers: LayerList
+    instance: PlacedInstance
+    dtype: str
+    latency_source: str
+    et_files: list[Path]
+    config_files: dict[str, Path]
+    nodes_per_npu: list[int]
+    stage_params: list[int]
+    weight_bytes_per_npu: list[int]
+    iteration_text: str
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        plan = self.plan
+        model = self.instance.model
+        lines = [
+            f"{self.directory}: {model.name} on {self.instance.hardware.name}, tp {plan.tp} x pp {plan.pp} "
+            f"({plan.npus} NPU{'s' if plan.npus > 1 else ''}), {self.dtype}, {self.latency_source} latency",
+            f"  batch: {self.iteration_text}",
+        ]
+        stage_ns = self.layers.stage_ns()
+        for stage in range(plan.pp):
+            start, end = plan.stage_blocks[stage]
+            nodes = self.nodes_per_npu[plan.rank(stage, 0)]
+            lines.append(
+                f"  stage {stage}: blocks {start}-{end - 1} ({end - start}), {nodes} nodes/NPU, "
+                f"compute {stage_ns[stage] / 1e6:.3f} ms, params {self.stage_params[stage] / 1e9:.3f} B, "
+                f"weights {self.weight_bytes_per_npu[stage] / 1e9:.2f} GB/NPU"
+            )
+        total_nodes = sum(self.nodes_per_npu)
+        written = (
+            f"{self.prefix}.{{0..{plan.npus - 1}}}.et ({total_nodes} nodes)"
+            if plan.npus > 1
+            else (f"{self.et_files[0]} ({total_nodes} nodes)")
+        )
+        names = [LAYERS_FILE] + [path.name for path in self.config_files.values()]
+        lines.append(f"  files: {written}, {', '.join(names)}")
+        lines.extend(f"  note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise PipesimError(f"--name {name!r}: use letters, digits, '_', '.', '-' (it becomes a folder under --out-dir)")
+
+
+def resolve_instance(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance]:
+    explicit = [flag for flag, value in (("--model", request.model), ("--hardware", request.hardware)) if value]
+    if request.cluster_config is not None:
+        if explicit or request.tp is not None or request.pp is not None:
+            raise PipesimError(
+                "trace: --cluster-config already names the model, hardware, tp and pp; drop --model/--hardware/"
+                "--tp/--pp, or drop --cluster-config"
+            )
+        cluster = load_cluster_config(request.cluster_config, dtype=request.dtype)
+        return cluster, cluster.instance(request.instance)
+    if not request.model or not request.hardware:
+        raise PipesimError("trace: give --cluster-config PATH, or --model NAME --hardware NAME [--tp N --pp N]")
+    cluster = cluster_from_flags(
+        request.model,
+        request.hardware,
+        request.tp or 1,
+        request.pp or 1,
+        request.dtype,
+        request.link_bw,
+        request.link_latency,
+    )
+    return cluster, cluster.instance(0)
+
+
+def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, LayerList, ParallelPlan, Workload]:
+    """Everything `trace` writes, in memory."""
+    cluster, placed = resolve_instance(request)
+    model, tp, pp = placed.model, placed.tp_size, placed.pp_size
+    latency = make_latency_model(model, placed.hardware, tp, request.dtype, request.profile_dir)
+    ops = timed_ops(model, request.iteration, tp, latency, request.dtype)
+    plan = balanced_plan(ops, model.num_layers, tp, pp)
+    layers = build_layer_list(model, request.iteration, plan, latency, request.dtype, ops=ops)
+    return cluster, placed, layers, plan, build_serving_workload(layers, plan)
+
+
+def run_trace(request: TraceRequest) -> TraceResult:
+    _check_name(request.name)
+    cluster, placed, layers, plan, workload = build_trace(request)
+    astra = astra_config_for_instance(cluster, placed, plan.comm_groups())
+    notes = []
+    destination = Path(request.out_dir) / request.name
+
+    def write(folder: Path) -> tuple[list[Path], dict[str, Path]]:
+        et_files = write_workload(folder / WORKLOAD_PREFIX, workload)
+        layers.write_csv(folder / LAYERS_FILE)
+        if plan.npus == 1:
+            notes.append(
+                "1 NPU: no network.yml/system.json/memory.json (ASTRA-Sim needs >= 2 NPUs per network dimension)"
+            )
+            return et_files, {}
+        return et_files, write_astra_files(folder, astra)
+
+    et_files, config_files = _write_folder_atomically(destination, write)
+    element_bytes = dtype_bytes(request.dtype)
+    return TraceResult(
+        directory=destination,
+        prefix=destination / WORKLOAD_PREFIX,
+        plan=plan,
+        layers=layers,
+        instance=placed,
+        dtype=request.dtype,
+        latency_source=f"profile bundle {request.profile_dir}" if request.profile_dir else "roofline",
+        et_files=[destination / path.name for path in et_files],
+        config_files={key: destination / path.name for key, path in config_files.items()},
+        nodes_per_npu=[len(graph.nodes) for graph in workload.graphs],
+        stage_params=stage_params(placed.model, plan),
+        weight_bytes_per_npu=weight_bytes_per_npu(placed.model, plan, element_bytes),
+        notes=notes,
+        iteration_text=(
+            f"{request.iteration.describe()}: {request.iteration.tokens} tokens, "
+            f"{request.iteration.sequences} sequences"
+        ),
+    )
+
+
+def _write_folder_atomically(destination: Path, write):
+    """Run `write(folder)` on a fresh hidden folder beside `destination`, then swap it into place."""
+    parent = destination.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PipesimError(f"{parent}: cannot create the output folder ({exc.strerror}); check --out-dir") from None
+    if destination.exists() and not destination.is_dir():
+        raise PipesimError(f"{destination}: exists and is not a folder; choose another --name or remove it")
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.new-", dir=parent))
+    staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the output is an ordinary folder
+    old = None
+    try:
+        result = write(staging)
+        if destination.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=parent))
+            os.replace(destination, old / destination.name)
+        os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and not destination.exists():
+            os.replace(old / destination.name, destination)  # put the previous output back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return result
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# --- convert -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvertResult:
+    prefix: Path
+    plan: ParallelPlan
+    layers: LayerList
+    et_files: list[Path]
+    config_files: dict[str, Path]
+    nodes_per_npu: list[int]
+
+    def summary(self) -> str:
+        stage_ns = self.layers.stage_ns()
+        lines = [
+            f"{self.prefix}.{{0..{self.plan.npus - 1}}}.et: tp {self.plan.tp} x pp {self.plan.pp}, "
+            f"{sum(self.nodes_per_npu)} nodes"
+        ]
+        for stage, (start, end) in enumerate(self.plan.stage_blocks):
+            lines.append(f"  stage {stage}: blocks {start}-{end - 1}, compute {stage_ns[stage] / 1e6:.3f} ms")
+        if self.config_files:
+            lines.append("  configs: " + ", ".join(str(path) for path in self.config_files.values()))
+        return "\n".join(lines)
+
+
+def run_convert(
+    csv_path: Path | str,
+    tp: int,
+    pp: int,
+    prefix: Path | str,
+    dtype: str | None = None,
+    hidden: int | None = None,
+    cluster_config: Path | str | None = None,
+    instance: int = 0,
+    iteration_id: int = 0,
+) -> ConvertResult:
+    """A layer CSV -> `<prefix>.<npu>.et`; with a cluster config, its instance's ASTRA-Sim files beside them."""
+    if tp < 1 or pp < 1:
+        raise PipesimError(f"convert: --tp {tp} --pp {pp}; both must be >= 1")
+    layers = read_layer_csv(csv_path, hidden_size=hidden, dtype_bytes=dtype_bytes(dtype) if dtype else None, pp=pp)
+    plan = plan_of_layers(layers, tp=tp)
+    workload = build_serving_workload(layers, plan, iteration_id=iteration_id)
+    astra = None
+    if cluster_config is not None:
+        cluster = load_cluster_config(cluster_config, dtype=dtype or DEFAULT_DTYPE)
+        placed = cluster.instance(instance)
+        if (placed.tp_size, placed.pp_size) != (tp, pp):
+            raise PipesimError(
+                f"{cluster_config}: instance {instance} has tp_size {placed.tp_size}, pp_size {placed.pp_size} but "
+                f"--tp {tp} --pp {pp}; make them agree"
+            )
+        astra = astra_config_for_instance(cluster, placed, plan.comm_groups())
+    prefix = Path(prefix)
+    et_files = write_workload(prefix, workload)
+    # Remove ranks left over from an earlier, larger conversion to the same prefix: readers count files.
+    for rank in range(plan.npus, count_ranks(prefix)):
+        et_path(prefix, rank).unlink()
+    config_files = write_astra_files(prefix.parent, astra) if astra is not None else {}
+    return ConvertResult(
+        prefix=prefix,
+        plan=plan,
+        layers=layers,
+        et_files=et_files,
+        config_files=config_files,
+        nodes_per_npu=[len(graph.nodes) for graph in workload.graphs],
+    )

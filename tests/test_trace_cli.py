@@ -1,0 +1,241 @@
+"""`pipesim trace` / `pipesim convert` and the library calls behind them: files written, their contents, the
+end-to-end replay time by closed form, atomic replacement, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import astra_driver.trace_job as trace_job
+from astra_driver.cli import main
+from astra_driver.trace_job import (
+    TraceRequest,
+    iteration_from_flags,
+    parse_decode,
+    parse_prefill,
+    run_convert,
+    run_trace,
+)
+from llm_converter.chakra.reader import read_workload
+from llm_converter.chakra.validator import validate_workload
+from llm_converter.errors import PipesimError
+from llm_converter.iteration import Iteration, PrefillChunk
+from llm_converter.models import get_model
+from tests.conftest import PROFILES, REPO
+
+PP_CLUSTER = REPO / "configs" / "cluster" / "single_node_pp_instance.json"
+TP2_PP2_CLUSTER = REPO / "configs" / "cluster" / "tp2_pp2.json"
+BATCH = Iteration(prefill=(PrefillChunk(512),), decode=(1024,) * 32)
+
+
+def test_batch_flags() -> None:
+    assert parse_prefill("512") == PrefillChunk(512, 0)
+    assert parse_prefill("256@1024") == PrefillChunk(256, 1024)
+    assert parse_decode("32x1024") == (1024,) * 32
+    iteration = iteration_from_flags(["512", "128@64"], ["2x10", "1x5"])
+    assert iteration.tokens == 512 + 128 + 3
+    assert iteration.decode == (10, 10, 5)
+    for bad in ("", "0", "12@", "a@1", "-3"):
+        with pytest.raises(PipesimError, match="--prefill"):
+            parse_prefill(bad)
+    for bad in ("32", "0x10", "x10", "3x"):
+        with pytest.raises(PipesimError, match="--decode"):
+            parse_decode(bad)
+    with pytest.raises(PipesimError, match="the batch is empty"):
+        iteration_from_flags([], [])
+
+
+def test_trace_of_the_seed_pp2_cluster(tmp_path: Path) -> None:
+    result = run_trace(TraceRequest(name="llama8b_pp2", iteration=BATCH, out_dir=tmp_path, cluster_config=PP_CLUSTER))
+    folder = tmp_path / "llama8b_pp2"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "layers.csv",
+        "llm.0.et",
+        "llm.1.et",
+        "memory.json",
+        "network.yml",
+        "system.json",
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["llama8b_pp2"]  # no staging folders left
+    assert (result.plan.tp, result.plan.pp) == (1, 2)
+    workload = read_workload(folder / "llm")
+    assert validate_workload(workload).ok
+    # Llama-3.1-8B: 32 blocks of 9 layers; stage 0 adds the embedding and a send, stage 1 a recv and 3 head layers.
+    blocks = [end - start for start, end in result.plan.stage_blocks]
+    assert [len(g.nodes) for g in workload.graphs] == [blocks[0] * 9 + 2, blocks[1] * 9 + 4]
+    assert result.nodes_per_npu == [len(g.nodes) for g in workload.graphs]
+    send = workload.graphs[0].nodes[-1]
+    assert (send.comm_dst, send.comm_size) == (1, 544 * 4096 * 2)
+    network = (folder / "network.yml").read_text()
+    assert "bandwidth: [ 16.0 ]" in network and "latency: [ 20000.0 ]" in network
+    model = get_model("meta-llama/Llama-3.1-8B")
+    assert sum(result.stage_params) == model.total_params()
+    summary = result.summary()
+    assert "tp 1 x pp 2 (2 NPUs)" in summary and "stage 1: blocks" in summary and "llm.{0..1}.et" in summary
+
+
+def test_replay_of_the_trace_matches_the_closed_form(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stage 0 computes, sends one activation over the 16 GB/s, 20 us link, then stage 1 computes:
+    finish(0) = C0 + latency + floor(bytes / (16 * 2^30 / 1e9)); finish(1) = finish(0) + C1 (the recv is posted
+    at 0 and completes when the data lands, exactly when the send does)."""
+    result = run_trace(TraceRequest(name="x", iteration=BATCH, out_dir=tmp_path, cluster_config=PP_CLUSTER))
+    folder = tmp_path / "x"
+    compute_ns = [(ns + 500) // 1000 * 1000 for ns in result.layers.stage_ns()]
+    # Layers shorter than 0.5 us round to 0 us, which ASTRA-Sim runs as 1 ns.
+    graphs = read_workload(folder / "llm").graphs
+    zero = [sum(1 for n in g.nodes if n.type == 4 and n.duration_micros == 0) for g in graphs]
+    message = 20000 + (544 * 4096 * 2 * 10**9) // (16 * 2**30)
+    finish0 = compute_ns[0] + zero[0] + message
+    finish1 = finish0 + compute_ns[1] + zero[1]
+    code = main(
+        [
+            "replay",
+            f"--workload-configuration={folder / 'llm'}",
+            f"--system-configuration={folder / 'system.json'}",
+            f"--network-configuration={folder / 'network.yml'}",
+            f"--remote-memory-configuration={folder / 'memory.json'}",
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        f"sys[0] finished, {finish0} cycles, exposed communication {finish0 - compute_ns[0] - zero[0]} cycles." in lines
+    )
+    assert f"sys[1] finished, {finish1} cycles, exposed communication {finish0} cycles." in lines
+
+
+def test_tp2_pp2_writes_comm_groups(tmp_path: Path) -> None:
+    result = run_trace(TraceRequest(name="t", iteration=BATCH, out_dir=tmp_path, cluster_config=TP2_PP2_CLUSTER))
+    folder = tmp_path / "t"
+    assert json.loads((folder / "comm_groups.json").read_text()) == {"1": [0, 1], "2": [2, 3]}
+    workload = read_workload(folder / "llm")
+    workload.comm_groups = {"1": [0, 1], "2": [2, 3]}
+    assert validate_workload(workload).ok
+    reduces = [n for n in workload.graphs[3].nodes if n.type == 7]
+    assert len(reduces) == 2 * (result.plan.stage_blocks[1][1] - result.plan.stage_blocks[1][0])
+    assert {(n.pg_name, n.comm_size) for n in reduces} == {("2", 544 * 4096 * 2)}
+
+
+def test_model_flags_and_cli_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["trace", "--model", "openai-community/gpt2", "--hardware", "H100-SXM", "--tp", "2", "--pp", "4"]
+    args += [
+        "--decode",
+        "8x100",
+        "--link-bw",
+        "100",
+        "--link-latency",
+        "700",
+        "--name",
+        "g",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "openai-community/gpt2 on H100-SXM, tp 2 x pp 4 (8 NPUs)" in out
+    assert "comm_groups.json" in out
+    assert "bandwidth: [ 100.0 ]" in (tmp_path / "g" / "network.yml").read_text()
+    assert len(read_workload(tmp_path / "g" / "llm").graphs) == 8
+
+
+def test_one_npu_writes_the_trace_without_astra_configs(tmp_path: Path) -> None:
+    request = TraceRequest(
+        name="one", iteration=BATCH, out_dir=tmp_path, model="openai-community/gpt2", hardware="RTX4090"
+    )
+    result = run_trace(request)
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["layers.csv", "llm.0.et"]
+    assert result.notes and "1 NPU" in result.notes[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--decode", "8"], "--decode '8'"),
+        (["--decode", "8x10", "--pp", "13"], "pp_size: 13 stages but openai-community/gpt2 has 12"),
+        (["--decode", "8x10", "--cluster-config", str(PP_CLUSTER)], "drop --model"),
+        (["--decode", "8x10", "--dtype", "int3"], "unknown dtype 'int3'"),
+        (["--decode", "8x10", "--name", "../x"], "--name '../x'"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    base = ["trace", "--model", "openai-community/gpt2", "--hardware", "H100-SXM", "--out-dir", str(tmp_path)]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_failed_trace_leaves_the_previous_output_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    request = TraceRequest(name="keep", iteration=BATCH, out_dir=tmp_path, cluster_config=TP2_PP2_CLUSTER)
+    run_trace(request)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()}
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise PipesimError("disk full")
+
+    monkeypatch.setattr(trace_job, "write_astra_files", explode)
+    with pytest.raises(PipesimError, match="disk full"):
+        run_trace(
+            TraceRequest(
+                name="keep", iteration=Iteration(decode=(5,)), out_dir=tmp_path, cluster_config=TP2_PP2_CLUSTER
+            )
+        )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "keep").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+    monkeypatch.undo()
+    # A successful re-run replaces the folder as a whole (a smaller plan leaves no stale rank files).
+    run_trace(TraceRequest(name="keep", iteration=BATCH, out_dir=tmp_path, cluster_config=PP_CLUSTER))
+    assert sorted(p.name for p in (tmp_path / "keep").glob("*.et")) == ["llm.0.et", "llm.1.et"]
+
+
+def test_convert_of_the_trace_layer_table_reproduces_the_trace(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_trace(TraceRequest(name="t", iteration=BATCH, out_dir=tmp_path, cluster_config=TP2_PP2_CLUSTER))
+    folder = tmp_path / "t"
+    result = run_convert(
+        folder / "layers.csv", tp=2, pp=2, prefix=tmp_path / "c" / "llm", cluster_config=TP2_PP2_CLUSTER
+    )
+    for rank in range(4):
+        assert (tmp_path / "c" / f"llm.{rank}.et").read_bytes() == (folder / f"llm.{rank}.et").read_bytes()
+    for name in ("network.yml", "system.json", "memory.json", "comm_groups.json"):
+        assert (tmp_path / "c" / name).read_text() == (folder / name).read_text()
+    assert result.nodes_per_npu == [len(g.nodes) for g in read_workload(folder / "llm").graphs]
+    # Through the CLI, to a prefix with leftovers of a larger conversion: those are removed.
+    (tmp_path / "c" / "llm.4.et").write_bytes(b"stale")
+    assert (
+        main(["convert", str(folder / "layers.csv"), "--tp", "2", "--pp", "2", "-o", str(tmp_path / "c" / "llm")]) == 0
+    )
+    assert not (tmp_path / "c" / "llm.4.et").exists()
+    assert "tp 2 x pp 2" in capsys.readouterr().out
+
+
+def test_convert_a_researcher_table(tmp_path: Path) -> None:
+    table = tmp_path / "mine.csv"
+    rows = ["name,block,tokens,ns,comm"] + [f"layer{b},{b},128,{10_000 * (b + 1)},all_reduce" for b in range(6)]
+    table.write_text("\n".join(rows) + "\n")
+    result = run_convert(table, tp=2, pp=3, prefix=tmp_path / "out" / "llm", dtype="bfloat16", hidden=1024)
+    # Blocks of 10, 20, ..., 60 us over 3 stages: [10 20 30] [40 50] [60] has its slowest stage at 90 us, and
+    # every other contiguous split has one at >= 100 (e.g. [10 20 30 40] or [50 60] = 110).
+    assert result.plan.stage_blocks == ((0, 3), (3, 5), (5, 6))
+    workload = read_workload(tmp_path / "out" / "llm")
+    assert len(workload.graphs) == 6
+    assert [len(g.nodes) for g in workload.graphs] == [3 * 2 + 1] * 2 + [1 + 2 * 2 + 1] * 2 + [1 + 2] * 2
+    assert {n.comm_size for g in workload.graphs for n in g.nodes if n.type == 7} == {128 * 1024 * 2}
+    with pytest.raises(PipesimError, match="pass --hidden and --dtype"):
+        run_convert(table, tp=1, pp=1, prefix=tmp_path / "o2" / "llm")
+
+
+@pytest.mark.skipif(not (PROFILES / "RTXPRO6000").is_dir(), reason="../shared profiles absent")
+def test_profile_bundle_latency(tmp_path: Path) -> None:
+    bundle = PROFILES / "RTXPRO6000" / "meta-llama" / "Llama-3.1-8B"
+    request = TraceRequest(
+        name="p", iteration=BATCH, out_dir=tmp_path, cluster_config=PP_CLUSTER, profile_dir=bundle, dtype="bfloat16"
+    )
+    measured = run_trace(request)
+    roofline = run_trace(TraceRequest(name="r", iteration=BATCH, out_dir=tmp_path, cluster_config=PP_CLUSTER))
+    assert measured.latency_source.startswith("profile bundle")
+    assert measured.layers.stage_ns() != roofline.layers.stage_ns()
+    assert [r.name for r in measured.layers.rows] == [r.name for r in roofline.layers.rows]
