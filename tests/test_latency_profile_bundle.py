@@ -39,8 +39,7 @@ def test_curve_rules() -> None:
     c = Curve([1, 2, 4], [10.0, 20.0, 30.0])
     assert c(2) == 20.0 and c(3) == 25.0  # grid point, mid-point
     assert c(0) == 10.0  # clamp below
-    assert c(6) == 40.0  # linear extrapolation from the last two points (slope 5)
-    assert Curve([1, 2], [5.0, 4.0])(10) == 4.0  # never extrapolates downwards
+    assert c(6) == 45.0  # beyond the grid: the largest point's throughput, 30 us * 6 / 4
 
 
 def test_bracket() -> None:
@@ -97,6 +96,12 @@ def test_dense_rows_exact_and_midpoints(llama_bundle: ProfileBundleModel) -> Non
 def test_per_sequence_rows(llama_bundle: ProfileBundleModel) -> None:
     for r in rows(LLAMA_DIR / "bf16" / "tp1" / "per_sequence.csv"):
         assert llama_bundle.layer_us(r["layer"], int(r["sequences"])) == pytest.approx(float(r["time_us"]))
+    # Beyond the 256-sequence grid: proportional to the 256-sequence time.
+    last = max(
+        (r for r in rows(LLAMA_DIR / "bf16" / "tp1" / "per_sequence.csv") if r["layer"] == "lm_head"),
+        key=lambda r: int(r["sequences"]),
+    )
+    assert llama_bundle.layer_us("lm_head", 512) == pytest.approx(float(last["time_us"]) * 512 / int(last["sequences"]))
     # lm_head rows: 1 -> 714.006 us (first row of the file).
     assert llama_bundle.layer_ns(op("lm_head", 1), Iteration(decode=(5,))) == 714006
 

@@ -22,9 +22,11 @@ the time is t_mean + alpha * (t_max - t_mean), t_max being the lookup at the lar
 the table (pc not a grid value, for example) use per_tp[tp].alpha_default. Disabled: no correction.
 
 Interpolation: linear on every axis between the two neighbouring grid points; below an axis's smallest point
-the value clamps to that point; beyond the largest it extrapolates linearly from the last two points, since
-time keeps growing with tokens and KV past the profiled range (1-D curves never extrapolate downwards; an
-attention result is floored at 0).
+the value clamps to that point. Beyond the largest point: dense and per-sequence layers scale proportionally
+(time * rows / largest rows, i.e. the throughput of the largest profiled batch), because the last two points
+are often still on the weight-streaming plateau (lm_head: 831 us at 256 sequences, 826 us at 240); attention
+extrapolates linearly from the last two points of each axis (its cost is linear in n_decode and KV), floored
+at 0.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ class Curve:
         if x <= xs[0] or len(xs) == 1:
             return ys[0]
         if x >= xs[-1]:
-            slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
-            return ys[-1] + slope * (x - xs[-1])
+            # Past the grid the layer keeps the throughput (rows per us) of its largest profiled point: the
+            # last two points often sit on the memory-bound plateau and would badly underestimate compute.
+            return ys[-1] * x / xs[-1]
         i = bisect.bisect_left(xs, x)
         if xs[i] == x:
             return ys[i]
@@ -371,6 +374,10 @@ class ProfileBundleModel:
     def layer_us(self, name: str, rows: int) -> float:
         """Interpolated time of a non-attention layer for `rows` tokens (or sequences)."""
         return self._dense_rows[name](rows)
+
+    def grid_max(self, name: str) -> int:
+        """Largest profiled row count of a non-attention layer (beyond it, times are extrapolated)."""
+        return self._dense_rows[name].xs[-1]
 
     def layer_ns(self, op: LayerOp, iteration: Iteration) -> int:
         if op.tokens <= 0:
