@@ -65,6 +65,16 @@ class PhasePlan:
     local: bool  # a communicator-group ring: bundles take a fixed 10 ns ("Fast" transmission)
 
 
+def _algorithm(impl: str) -> str:
+    algorithm = ALGORITHM_OF.get(impl)
+    if algorithm is None:
+        raise PipesimError(
+            f"system.json: collective implementation '{impl}' is not modelled by the builtin engine "
+            f"(use one of {', '.join(ALGORITHM_OF)}, or replay with an ASTRA-Sim binary)"
+        )
+    return algorithm
+
+
 def plan_phases(
     comm_type: int,
     chunk_size: int,
@@ -78,17 +88,17 @@ def plan_phases(
     if comm_type != AR or not local_bw_aware:
         order = list(reversed(dims)) if comm_type == AG else dims
         for dim, n, impl in order:
-            phases.append(PhasePlan(dim, ALGORITHM_OF[impl], comm_type, remain, local))
+            phases.append(PhasePlan(dim, _algorithm(impl), comm_type, remain, local))
             remain = final_data_size(comm_type, n, remain)
         return phases
     *lower, last = dims
     for dim, n, impl in lower:
-        phases.append(PhasePlan(dim, ALGORITHM_OF[impl], RS, remain, local))
+        phases.append(PhasePlan(dim, _algorithm(impl), RS, remain, local))
         remain = final_data_size(RS, n, remain)
     dim, n, impl = last
-    phases.append(PhasePlan(dim, ALGORITHM_OF[impl], AR, remain, local))
+    phases.append(PhasePlan(dim, _algorithm(impl), AR, remain, local))
     for dim, n, impl in reversed(lower):
-        phases.append(PhasePlan(dim, ALGORITHM_OF[impl], AG, remain, local))
+        phases.append(PhasePlan(dim, _algorithm(impl), AG, remain, local))
         remain = final_data_size(AG, n, remain)
     return phases
 
