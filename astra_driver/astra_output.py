@@ -42,8 +42,7 @@ class FinishLine:
     exposed_comm_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
+class TraceEvent(NamedTuple):
     """One trace-enabled line: a node issued (`issue`) or completed (`callback`) at `tick` on `rank`."""
 
     kind: str  # "issue" | "callback"
