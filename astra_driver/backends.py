@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from astra_driver import engine
+from astra_driver.astra_config import check_workload_matches, load_astra_config, load_network
 from astra_driver.astra_output import (
     NodeTime,
     TraceEvent,
@@ -33,7 +35,8 @@ from astra_driver.astra_output import (
     parse_finish_lines,
     read_lines,
 )
-from llm_converter.chakra.writer import write_atomic
+from llm_converter.chakra.reader import count_ranks, read_workload
+from llm_converter.chakra.writer import et_path, write_atomic
 from llm_converter.errors import PipesimError
 
 ASTRA_SIM_BIN_ENV = "ASTRA_SIM_BIN"
@@ -119,11 +122,6 @@ class BuiltinBackend:
     name = "builtin"
 
     def run(self, run: ReplayRun) -> BackendResult:
-        from astra_driver import engine
-        from astra_driver.astra_config import check_workload_matches, load_astra_config
-        from llm_converter.chakra.reader import count_ranks, read_workload
-        from llm_converter.chakra.writer import et_path
-
         _check_builtin_flags(run)
         config = load_astra_config(run.system, run.network, run.memory, run.comm_groups)
         npus = config.network.npus
@@ -266,9 +264,6 @@ def _trace_enabled(system: Path) -> bool:
 
 def _expected_ranks(run: ReplayRun) -> int:
     """How many ranks must print "finished": the network's NPU count (ASTRA-Sim reads one .et per NPU)."""
-    from astra_driver.astra_config import load_network
-    from llm_converter.chakra.reader import count_ranks
-
     try:
         return load_network(run.network).npus
     except PipesimError:
