@@ -30,7 +30,7 @@ from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
 from llm_converter.models import dtype_bytes
 from llm_converter.plan import ParallelPlan, stage_params, weight_bytes_per_npu
-from llm_converter.serving import build_serving_workload
+from llm_converter.serving import build_serving_workload, paused_gc
 
 WORKLOAD_PREFIX = "llm"
 LAYERS_FILE = "layers.csv"
@@ -228,7 +228,8 @@ def run_trace(request: TraceRequest) -> TraceResult:
     destination = Path(request.out_dir) / request.name
 
     def write(folder: Path) -> tuple[list[Path], dict[str, Path]]:
-        et_files = write_workload(folder / WORKLOAD_PREFIX, workload)
+        with paused_gc():
+            et_files = write_workload(folder / WORKLOAD_PREFIX, workload)
         layers.write_csv(folder / LAYERS_FILE)
         if plan.npus == 1:
             notes.append(
@@ -348,7 +349,8 @@ def run_convert(
             )
         astra = astra_config_for_instance(cluster, placed, plan.comm_groups())
     prefix = Path(prefix)
-    et_files = write_workload(prefix, workload)
+    with paused_gc():
+        et_files = write_workload(prefix, workload)
     # Remove ranks left over from an earlier, larger conversion to the same prefix: readers count files.
     for rank in range(plan.npus, count_ranks(prefix)):
         et_path(prefix, rank).unlink()
