@@ -12,26 +12,21 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from llm_converter.chakra.writer import write_atomic
 from llm_converter.errors import PipesimError
+from llm_converter.iteration import Iteration
+from llm_converter.latency import LatencyModel
+from llm_converter.layer_ops import LayerOp, iteration_ops
+from llm_converter.models import ModelSpec
+from llm_converter.models import dtype_bytes as dtype_size
 from llm_converter.plan import ParallelPlan, split_stages
-
-if TYPE_CHECKING:
-    from llm_converter.iteration import Iteration
-    from llm_converter.layer_ops import LayerOp
-    from llm_converter.models import ModelSpec
 
 COMM_KINDS = ("none", "all_reduce")
 CSV_COLUMNS = ("name", "block", "stage", "tokens", "ns", "flops", "bytes", "params", "comm", "comm_bytes")
 REQUIRED_CSV_COLUMNS = ("name", "block", "tokens", "ns")
 _HEADER_COMMENT = re.compile(r"#\s*pipesim layer list:\s*hidden_size=(\d+)\s+dtype_bytes=(\d+)\s*$")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
-
-
-class LatencyModel(Protocol):
-    def layer_ns(self, op: LayerOp, iteration: Iteration) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +141,6 @@ class TimedOps:
 
 def timed_ops(model: ModelSpec, iteration: Iteration, tp: int, latency: LatencyModel, dtype: str) -> TimedOps:
     """Each distinct op of the iteration timed once (every decoder block runs the same ops)."""
-    from llm_converter.layer_ops import iteration_ops
-
     pre, block, post = iteration_ops(model, iteration, tp, dtype)
     return TimedOps(
         pre=[(op, latency.layer_ns(op, iteration)) for op in pre],
@@ -171,8 +164,6 @@ def build_layer_list(
     ops: TimedOps | None = None,
 ) -> LayerList:
     """Every layer of one iteration on its stage. `ops` may be passed when already timed (balanced_plan)."""
-    from llm_converter.models import dtype_bytes as dtype_size
-
     if plan.num_blocks != model.num_layers:
         raise PipesimError(
             f"parallel plan: it covers {plan.num_blocks} blocks but {model.name} has {model.num_layers} layers; "

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from llm_converter.errors import PipesimError
-
-if TYPE_CHECKING:
-    from llm_converter.models import ModelSpec
+from llm_converter.models import ModelSpec
 
 
 class RankCoords(NamedTuple):

@@ -5,6 +5,7 @@ Per NPU of stage s (all in one dependency chain, lowest id first):
   one COMP_NODE per layer of the stage, each followed by a TP all-reduce (pg_name of the stage's TP group)
   when the layer says so and tp > 1,
   send of the activation to the same tp_rank of stage s+1 (s < pp-1).
+With dp > 1 every DP replica runs the same iteration on its own NPUs (no traffic between replicas).
 Pure and in memory: a serving loop builds one of these per scheduled iteration.
 """
 
