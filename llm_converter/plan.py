@@ -135,10 +135,15 @@ def split_stages(
     """
     n = len(block_costs)
     check_stage_count(pp, n)
-    prefix = [0.0] * (n + 1)
     for index, cost in enumerate(block_costs):
         if cost < 0:
             raise PipesimError(f"stage split: block {index} has negative cost {cost}; costs must be >= 0")
+    if pre_cost < 0 or post_cost < 0:
+        raise PipesimError(f"stage split: pre_cost {pre_cost} and post_cost {post_cost} must be >= 0")
+    # Integer costs (nanoseconds) are summed exactly; others as floats, in the same order every time.
+    exact = all(isinstance(cost, int) for cost in (*block_costs, pre_cost, post_cost))
+    prefix: list[float] = [0] * (n + 1) if exact else [0.0] * (n + 1)
+    for index, cost in enumerate(block_costs):
         prefix[index + 1] = prefix[index] + cost
 
     def segment(start: int, end: int) -> float:
@@ -149,7 +154,19 @@ def split_stages(
             cost += post_cost
         return cost
 
-    # The optimal bottleneck is the cost of some segment: binary search over all of them with a greedy check.
+    if exact:
+        # The smallest feasible integer bottleneck, by bisection with the greedy check: O(n log(total)).
+        low, high = 0, int(segment(0, n))
+        while low < high:
+            middle = (low + high) // 2
+            if _greedy_split(segment, n, pp, middle) is None:
+                low = middle + 1
+            else:
+                high = middle
+        bounds = _greedy_split(segment, n, pp, low)
+        assert bounds is not None  # one segment holding everything bounds every split
+        return bounds
+    # The optimal bottleneck is the cost of some segment: binary search over all of them with the greedy check.
     candidates = sorted({segment(start, end) for start in range(n) for end in range(start + 1, n + 1)})
     low, high = 0, len(candidates) - 1
     while low < high:

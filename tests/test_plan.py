@@ -11,7 +11,7 @@ from llm_converter.models import get_model
 from llm_converter.plan import ParallelPlan, split_stages, stage_params, weight_bytes_per_npu
 
 
-def _brute_force_bottleneck(costs: list[int], pp: int, pre: int, post: int) -> int:
+def _brute_force_bottleneck(costs: list, pp: int, pre: float, post: float) -> float:
     """Smallest slowest-stage cost over every contiguous split (independent of split_stages' search)."""
     n = len(costs)
     best = None
@@ -26,7 +26,7 @@ def _brute_force_bottleneck(costs: list[int], pp: int, pre: int, post: int) -> i
     return best
 
 
-def _bottleneck(bounds: tuple[tuple[int, int], ...], costs: list[int], pre: int, post: int) -> int:
+def _bottleneck(bounds: tuple[tuple[int, int], ...], costs: list, pre: float, post: float) -> float:
     stage_costs = [sum(costs[a:b]) for a, b in bounds]
     stage_costs[0] += pre
     stage_costs[-1] += post
@@ -109,6 +109,19 @@ def test_split_matches_brute_force_optimum(seed: int) -> None:
     assert len(bounds) == pp and bounds[0][0] == 0 and bounds[-1][1] == n
     assert all(a < b for a, b in bounds)
     assert _bottleneck(bounds, costs, pre, post) == _brute_force_bottleneck(costs, pp, pre, post)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_split_of_fractional_costs_matches_brute_force(seed: int) -> None:
+    import random
+
+    rng = random.Random(1000 + seed)
+    n = rng.randint(2, 8)
+    pp = rng.randint(1, n)
+    costs = [rng.uniform(0, 5) for _ in range(n)]
+    pre, post = rng.uniform(0, 3), rng.uniform(0, 3)
+    bounds = split_stages(costs, pp, pre, post)
+    assert _bottleneck(bounds, costs, pre, post) == pytest.approx(_brute_force_bottleneck(costs, pp, pre, post))
 
 
 def test_llama_405b_on_16_stages_is_8_blocks_with_7_on_the_ends() -> None:
