@@ -166,3 +166,22 @@ def test_rows_out_of_stage_order_are_refused() -> None:
     rows = [LayerRow("a", 0, 1, 1, 1), LayerRow("b", 1, 0, 1, 1)]
     with pytest.raises(PipesimError, match="execution order"):
         LayerList(rows, hidden_size=8, dtype_bytes=2)
+
+
+def test_llama_405b_tp8_pp16_workload_is_valid_with_the_expected_node_counts() -> None:
+    from llm_converter.chakra.validator import validate_workload
+    from llm_converter.serving import build_serving_workload
+
+    layers, plan = _layers("meta-llama/Llama-3.1-405B", "H100-SXM", tp=8, pp=16)
+    workload = build_serving_workload(layers, plan)
+    assert workload.npus == 128
+    for graph in workload.graphs:
+        stage = plan.coords(graph.rank).stage
+        blocks = len(plan.blocks_of(stage))
+        # 9 layers + 2 all-reduces per block; embedding + send on stage 0; recv + 3 head layers on stage 15;
+        # recv + send in between.
+        extra = {0: 1 + 1, 15: 1 + 3}.get(stage, 2)
+        assert len(graph.nodes) == 11 * blocks + extra
+    assert len(workload.comm_groups) == 16
+    workload_report = validate_workload(workload)
+    assert workload_report.ok, workload_report.problems[:3]

@@ -239,3 +239,20 @@ def test_profile_bundle_latency(tmp_path: Path) -> None:
     assert measured.latency_source.startswith("profile bundle")
     assert measured.layers.stage_ns() != roofline.layers.stage_ns()
     assert [r.name for r in measured.layers.rows] == [r.name for r in roofline.layers.rows]
+
+
+def test_unknown_instance_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "trace",
+        "--cluster-config",
+        str(PP_CLUSTER),
+        "--instance",
+        "3",
+        "--decode",
+        "1x1",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 2
+    assert "instance 3 does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
