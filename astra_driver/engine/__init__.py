@@ -10,6 +10,7 @@ from astra_driver.astra_config import AstraConfig, check_workload_matches
 from astra_driver.engine.core import Engine, GraphHandle, SimResult
 from llm_converter.errors import DeadlockError, PipesimError
 from llm_converter.graph import Workload
+from llm_converter.perf import paused_gc
 
 __all__ = ["DeadlockError", "Engine", "GraphHandle", "SimResult", "simulate"]
 
@@ -32,7 +33,8 @@ def simulate(
         record_node_times=record_node_times,
         injection_scale=injection_scale,
     )
-    for rank, graph in enumerate(workload.graphs):
-        engine.add_graph(rank, graph, 0)
-    engine.run()
-    return engine.result()
+    with paused_gc():
+        for rank, graph in enumerate(workload.graphs):
+            engine.add_graph(rank, graph, 0)
+        engine.run()
+        return engine.result()

@@ -19,6 +19,7 @@ from llm_converter.chakra import schema
 from llm_converter.chakra.writer import et_path
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph, Node, NodeType, Workload
+from llm_converter.perf import paused_gc
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_RECORD = 1 << 31
@@ -102,8 +103,11 @@ def iter_records(path: Path) -> Iterator[tuple[int, bytes]]:
                 pos = end
 
 
-def _value(attr, kind: str):
-    return getattr(attr, kind)
+_NODE_TYPES = list(NodeType)
+
+# Attribute records repeat across nodes (same sizes, tags, groups): decode each distinct one once.
+_ATTRS_CACHE_LIMIT = 1 << 16
+_NO_ATTRS: tuple = ((None,) * 10, None, ())
 
 
 def node_from_message(message, path: Path | str = "", offset: int = 0) -> Node:
@@ -114,7 +118,7 @@ def node_from_message(message, path: Path | str = "", offset: int = 0) -> Node:
     node = Node(
         message.id,
         message.name,
-        NodeType(node_type),
+        _NODE_TYPES[node_type],
         list(message.data_deps),
         list(message.ctrl_deps),
         duration_micros=message.duration_micros,
@@ -125,25 +129,208 @@ def node_from_message(message, path: Path | str = "", offset: int = 0) -> Node:
         node.inputs = message.inputs.SerializeToString()
     if message.HasField("outputs"):
         node.outputs = message.outputs.SerializeToString()
-    for attr in message.attr:
-        name = attr.name
-        canonical = CANONICAL_KINDS.get(name)
-        kind = attr.WhichOneof("value")
-        if canonical is None:
-            node.extra_attrs.append((name, attr.SerializeToString()))
-            continue
-        if kind != canonical:
-            # Keep the record as written; still read its value where ASTRA-Sim would.
-            node.extra_attrs.append((name, attr.SerializeToString()))
-            if name == "pg_name" and kind == "bytes_val":
-                node.pg_name = attr.bytes_val.decode(errors="replace")
-            elif canonical not in ("string_val", "bool_list") and kind in _INTEGER_KINDS:
-                setattr(node, name, _coerce(name, getattr(attr, kind)))
-            continue
-        if name == "involved_dim":
-            node.involved_dim = list(attr.bool_list.values)
-        else:
-            setattr(node, name, getattr(attr, kind))
+    _apply_attributes(node, _decode_attributes(message.attr))
+    return node
+
+
+_ATTRIBUTE_INDEX = {name: index for index, name in enumerate(CANONICAL_KINDS)}
+_ATTRIBUTE_CACHE: dict[bytes, tuple[int, object, tuple[str, bytes] | None]] = {}
+
+
+def _decode_attribute(attr) -> tuple[int, object, tuple[str, bytes] | None]:
+    """(index in CANONICAL_KINDS or -1, value read, (name, raw record) to keep verbatim or None)."""
+    name = attr.name
+    canonical = CANONICAL_KINDS.get(name)
+    kind = attr.WhichOneof("value")
+    if canonical is None:
+        return -1, None, (name, attr.SerializeToString())
+    index = _ATTRIBUTE_INDEX[name]
+    if kind != canonical:
+        # Keep the record as written; still read its value where ASTRA-Sim would.
+        raw = (name, attr.SerializeToString())
+        if name == "pg_name" and kind == "bytes_val":
+            return index, attr.bytes_val.decode(errors="replace"), raw
+        if canonical not in ("string_val", "bool_list") and kind in _INTEGER_KINDS:
+            return index, _coerce(name, getattr(attr, kind)), raw
+        return -1, None, raw
+    if name == "involved_dim":
+        return index, tuple(attr.bool_list.values), None
+    return index, getattr(attr, kind), None
+
+
+def _combine(items) -> tuple:
+    """(is_cpu_op, num_ops, ..., pg_name, involved_dim, extras): the first occurrence of a name wins, as in
+    ASTRA-Sim's feeder_v3."""
+    values: list[object] = [None] * len(CANONICAL_KINDS)
+    extras = []
+    for index, value, raw in items:
+        if index >= 0 and values[index] is None:
+            values[index] = value
+        if raw is not None:
+            extras.append(raw)
+    # Node's fields after start_time_micros follow CANONICAL_KINDS' order up to pg_name: pass them positionally.
+    return tuple(values[:-1]), values[-1], tuple(extras)
+
+
+def _decode_attributes(attrs) -> tuple:
+    return _combine([_decode_attribute(attr) for attr in attrs])
+
+
+_SECTION_CACHE: dict[bytes, tuple] = {}
+
+
+def _decode_attribute_section(section: bytes) -> tuple | None:
+    """Decode the trailing `attr` records of a node. Whole sections repeat (compute and collective nodes) and
+    single records repeat (sizes, tags, groups): both are memoised."""
+    decoded = _SECTION_CACHE.get(section)
+    if decoded is not None:
+        return decoded
+    items = []
+    pos = 0
+    size = len(section)
+    while pos < size:
+        if section[pos] != 0x52:
+            return None
+        length, body = _varint_at(section, pos + 1)
+        end = body + length
+        if end > size:
+            return None
+        record = section[pos:end]
+        item = _ATTRIBUTE_CACHE.get(record)
+        if item is None:
+            attr = schema.AttributeProto()
+            try:
+                attr.ParseFromString(section[body:end])
+            except DecodeError:
+                return None
+            item = _decode_attribute(attr)
+            if len(_ATTRIBUTE_CACHE) < _ATTRS_CACHE_LIMIT:
+                _ATTRIBUTE_CACHE[record] = item
+        items.append(item)
+        pos = end
+    decoded = _combine(items)
+    if len(_SECTION_CACHE) < _ATTRS_CACHE_LIMIT:
+        _SECTION_CACHE[section] = decoded
+    return decoded
+
+
+def _apply_attributes(node: Node, decoded: tuple) -> None:
+    values, involved_dim, extras = decoded
+    (
+        node.is_cpu_op,
+        node.num_ops,
+        node.tensor_size,
+        node.comm_type,
+        node.comm_src,
+        node.comm_dst,
+        node.comm_tag,
+        node.comm_size,
+        node.comm_priority,
+        node.pg_name,
+    ) = values
+    if involved_dim is not None:
+        node.involved_dim = list(involved_dim)  # cached as a tuple: each node gets its own list
+    if extras:
+        node.extra_attrs = list(extras)
+
+
+def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
+    byte = buf[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    value = byte & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
+
+
+def _packed_values(buf: bytes, pos: int, end: int) -> list[int]:
+    if end > len(buf):
+        raise IndexError("packed field overruns")
+    chunk = buf[pos:end]
+    if chunk.isascii():  # every byte < 0x80: each value is one byte
+        return list(chunk)
+    values = []
+    while pos < end:
+        value, pos = _varint_at(buf, pos)
+        values.append(value)
+    if pos != end:
+        raise IndexError("packed field overruns")
+    return values
+
+
+def decode_node_fast(payload: bytes) -> Node | None:
+    """Decode a node written in canonical field order (id, name, type, deps, times, then attributes);
+    None when the record has anything else (inputs/outputs, odd order, unknown fields) or is malformed,
+    and the caller falls back to protobuf's parser, which also gives the error."""
+    node_id = node_type = duration = start = 0
+    name = ""
+    data_deps: list[int] = []
+    ctrl_deps: list[int] = []
+    pos = 0
+    size = len(payload)
+    try:
+        while pos < size:
+            tag = payload[pos]
+            if tag == 0x52:
+                break
+            # Every field here starts with a varint; most are one or two bytes, so decode those inline.
+            byte = payload[pos + 1]
+            if byte < 0x80:
+                value = byte
+                pos += 2
+            else:
+                second = payload[pos + 2]
+                if second < 0x80:
+                    value = (byte & 0x7F) | (second << 7)
+                    pos += 3
+                else:
+                    value, pos = _varint_at(payload, pos + 1)
+            if tag == 0x08:
+                node_id = value
+            elif tag == 0x12:
+                name = payload[pos : pos + value].decode()
+                pos += value
+            elif tag == 0x18:
+                node_type = value
+            elif tag == 0x2A:
+                end = pos + value
+                if value == 1 and payload[pos] < 0x80:
+                    data_deps.append(payload[pos])
+                else:
+                    data_deps += _packed_values(payload, pos, end)
+                pos = end
+            elif tag == 0x38:
+                duration = value
+            elif tag == 0x22:
+                end = pos + value
+                ctrl_deps += _packed_values(payload, pos, end)
+                pos = end
+            elif tag == 0x30:
+                start = value
+            else:
+                return None
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if pos > size or node_type > 7:
+        return None
+    decoded = _decode_attribute_section(payload[pos:]) if pos < size else _NO_ATTRS
+    if decoded is None:
+        return None
+    values, involved_dim, extras = decoded
+    node = Node(node_id, name, _NODE_TYPES[node_type], data_deps, ctrl_deps, duration, start, *values)
+    if involved_dim is not None:
+        node.involved_dim = list(involved_dim)
+    if extras:
+        node.extra_attrs = list(extras)
     return node
 
 
@@ -176,6 +363,10 @@ def read_graph(path: Path | str, rank: int | None = None) -> Graph:
                 f"{path}: byte {offset}: zero-length node record; Chakra's Python reader stops here and drops "
                 "every later node (never write an all-default node)"
             )
+        node = decode_node_fast(payload)
+        if node is not None:
+            graph.nodes.append(node)
+            continue
         try:
             message.ParseFromString(payload)
         except DecodeError:
@@ -204,4 +395,5 @@ def read_workload(prefix: Path | str, npus: int | None = None) -> Workload:
         npus = count_ranks(prefix)
         if npus == 0:
             raise PipesimError(f"{prefix}.0.et: no such file (the workload prefix names no .et files)")
-    return Workload([read_graph(et_path(prefix, rank), rank) for rank in range(npus)])
+    with paused_gc():
+        return Workload([read_graph(et_path(prefix, rank), rank) for rank in range(npus)])
