@@ -119,11 +119,6 @@ def test_negative_timeout(tmp_path: Path, capsys) -> None:
     assert err == "pipesim: error: --timeout -1: must be >= 0 seconds (0: no limit)"
 
 
-@pytest.mark.xfail(
-    reason="astra_driver/cli/__init__.py main() catches click.ClickException, but typer 0.29 raises its vendored "
-    "typer._click exceptions, so usage errors escape as tracebacks",
-    strict=False,
-)
 def test_missing_flag_is_a_usage_error(tmp_path: Path, capsys) -> None:
     run = write_small_run(tmp_path / "run")
     # A missing required flag is a usage error, exit 2 (ASTRA-Sim itself exits 255 there).

@@ -38,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("pipesim: aborted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:
+        # Usage errors (missing flag, bad value) come from click, or from the copy of click typer bundles:
+        # both carry show() and an exit code. Print click's own short message and exit 2 like any user error.
+        show = getattr(exc, "show", None)
+        if callable(show) and isinstance(getattr(exc, "exit_code", None), int):
+            show()
             return 2
         raise
     return 0
