@@ -29,8 +29,9 @@ from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
 from llm_converter.models import dtype_bytes
+from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan, stage_params, weight_bytes_per_npu
-from llm_converter.serving import build_serving_workload, paused_gc
+from llm_converter.serving import build_serving_workload
 
 WORKLOAD_PREFIX = "llm"
 LAYERS_FILE = "layers.csv"

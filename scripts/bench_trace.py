@@ -20,7 +20,8 @@ from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import balanced_plan, build_layer_list, timed_ops
 from llm_converter.models import get_model
-from llm_converter.serving import build_serving_workload, paused_gc
+from llm_converter.perf import paused_gc
+from llm_converter.serving import build_serving_workload
 
 GOAL_NODES_PER_S = 300_000
 DTYPE = "float16"
