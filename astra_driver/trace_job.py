@@ -217,8 +217,21 @@ def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, L
     latency = make_latency_model(model, placed.hardware, tp, request.dtype, request.profile_dir)
     ops = timed_ops(model, request.iteration, tp, latency, request.dtype)
     plan = balanced_plan(ops, model.num_layers, tp, pp)
+    _check_weights_fit(placed, plan, request.dtype)
     layers = build_layer_list(model, request.iteration, plan, latency, request.dtype, ops=ops)
     return cluster, placed, layers, plan, build_serving_workload(layers, plan)
+
+
+def _check_weights_fit(placed: PlacedInstance, plan: ParallelPlan, dtype: str) -> None:
+    """The cluster config checks an even block split; the time-balanced split can load one stage more."""
+    per_npu = weight_bytes_per_npu(placed.model, plan, dtype_bytes(dtype))
+    stage = max(range(len(per_npu)), key=per_npu.__getitem__)
+    if per_npu[stage] > placed.usable_mem_bytes:
+        raise PipesimError(
+            f"{placed.path}: stage {stage} of the time-balanced split (blocks {plan.stage_blocks[stage][0]}-"
+            f"{plan.stage_blocks[stage][1] - 1}) needs {per_npu[stage] / 1e9:.2f} GB of weights per NPU but "
+            f"npu_mem allows {placed.usable_mem_bytes / 1e9:.2f} GB; use a larger tp_size or pp_size"
+        )
 
 
 def run_trace(request: TraceRequest) -> TraceResult:
