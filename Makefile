@@ -4,7 +4,7 @@ EXAMPLE ?= llama8b_pp2
 CLUSTER ?= configs/cluster/single_node_pp_instance.json
 TRACE_DIR = traces/$(EXAMPLE)
 
-.PHONY: install trace simulate test bench lint proto-check clean
+.PHONY: install trace simulate test bench lint proto proto-check clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
@@ -33,7 +33,7 @@ lint:
 	ruff format --check .
 
 # The Chakra classes are built in code (llm_converter/chakra/schema.py); this checks them against the .proto.
-proto-check:
+proto proto-check:
 	$(PYTHON) -m pytest tests/test_chakra_schema.py
 
 clean:
