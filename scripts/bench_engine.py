@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
-import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from astra_driver.astra_config import load_astra_config
+from astra_driver.astra_config import AstraConfig, NetworkConfig, SystemConfig, load_astra_config
+from astra_driver.astra_files import write_astra_files
+from astra_driver.backends import BackendOptions, ReplayRun, replay
 from astra_driver.engine import simulate
 from llm_converter.chakra.reader import read_workload
-from llm_converter.chakra.writer import write_atomic, write_workload
+from llm_converter.chakra.writer import write_workload
+from llm_converter.errors import PipesimError
 from llm_converter.graph import CollectiveType, GraphBuilder, Workload
 
 ACTIVATION_BYTES = 8 << 20  # per micro-batch, sent between stages
@@ -75,56 +75,29 @@ def build_1f1b(stages: int, tp: int, microbatches: int, layers: int) -> Workload
     return Workload(graphs, comm_groups=groups)
 
 
-def write_configs(folder: Path, stages: int, tp: int, groups: dict[str, list[int]]) -> dict[str, Path]:
-    paths = {
-        "network": folder / "network.yml",
-        "system": folder / "system.json",
-        "memory": folder / "memory.json",
-        "groups": folder / "comm_groups.json",
-    }
-    network = f"topology: [ Switch, Ring ]\nnpus_count: [ {tp}, {stages} ]\nbandwidth: [ 400.0, 50.0 ]\n"
-    network += "latency: [ 936.25, 500.0 ]\n"
-    write_atomic(paths["network"], network.encode())
-    system = {
-        "scheduling-policy": "LIFO",
-        "endpoint-delay": 10,
-        "active-chunks-per-dimension": 1,
-        "preferred-dataset-splits": 4,
-        "all-reduce-implementation": ["ring", "ring"],
-        "all-gather-implementation": ["ring", "ring"],
-        "reduce-scatter-implementation": ["ring", "ring"],
-        "all-to-all-implementation": ["ring", "ring"],
-        "collective-optimization": "localBWAware",
-        "local-mem-bw": 1600,
-        "boost-mode": 0,
-        "roofline-enabled": 0,
-        "peak-perf": 900,
-    }
-    write_atomic(paths["system"], json.dumps(system, indent=2).encode())
-    write_atomic(paths["memory"], json.dumps({"memory-type": "NO_MEMORY_EXPANSION"}).encode())
-    write_atomic(paths["groups"], json.dumps(groups).encode())
-    return paths
+def bench_config(stages: int, tp: int, groups: dict[str, list[int]]) -> AstraConfig:
+    """An HGX-like box per stage: a switch of tp NPUs, stages on a ring; ring collectives on both dimensions."""
+    network = NetworkConfig(["Switch", "Ring"], [tp, stages], [400.0, 50.0], [936.25, 500.0])
+    ring = ["ring", "ring"]
+    system = SystemConfig(
+        all_reduce_implementation=ring,
+        all_gather_implementation=ring,
+        reduce_scatter_implementation=ring,
+        all_to_all_implementation=ring,
+    )
+    return AstraConfig(network=network, system=system, comm_groups=groups)
 
 
-def run_astra_sim(binary: str, prefix: Path, paths: dict[str, Path], npus: int) -> tuple[float, list[int] | None]:
-    command = [
-        binary,
-        f"--workload-configuration={prefix}",
-        f"--system-configuration={paths['system']}",
-        f"--network-configuration={paths['network']}",
-        f"--remote-memory-configuration={paths['memory']}",
-        f"--comm-group-configuration={paths['groups']}",
-        f"--logging-folder={prefix.parent / 'log'}",
-    ]
+def run_astra_sim(binary: str, prefix: Path, paths: dict[str, Path]) -> tuple[float, list[int] | None]:
+    """Time the user's ASTRA-Sim on the same files through pipesim's astra-sim backend."""
+    run = ReplayRun(prefix, paths["system"], paths["network"], paths["memory"], paths.get("comm_groups"))
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
-    wall = time.perf_counter() - start
-    finish: dict[int, int] = {}
-    for match in re.finditer(r"sys\[(\d+)\] finished, (\d+) cycles", done.stdout):
-        finish[int(match.group(1))] = int(match.group(2))
-    if len(finish) != npus:
-        return wall, None
-    return wall, [finish[r] for r in range(npus)]
+    try:
+        result = replay(run, "astra-sim", BackendOptions(astra_sim_bin=binary))
+    except PipesimError as exc:
+        print(f"astra-sim failed: {exc}")
+        return time.perf_counter() - start, None
+    return time.perf_counter() - start, result.finish_ns
 
 
 def main() -> int:
@@ -145,10 +118,10 @@ def main() -> int:
         folder = Path(tmp)
         prefix = folder / "workload"
         write_workload(prefix, workload)
-        paths = write_configs(folder, args.stages, args.tp, workload.comm_groups)
+        paths = write_astra_files(folder, bench_config(args.stages, args.tp, workload.comm_groups))
 
         start = time.perf_counter()
-        config = load_astra_config(paths["system"], paths["network"], paths["memory"], paths["groups"])
+        config = load_astra_config(paths["system"], paths["network"], paths["memory"], paths["comm_groups"])
         loaded = read_workload(prefix, workload.npus)
         read_s = time.perf_counter() - start
         start = time.perf_counter()
@@ -170,10 +143,8 @@ def main() -> int:
 
         binary = os.environ.get("ASTRA_SIM_BIN")
         if binary:
-            wall, finish = run_astra_sim(binary, prefix, paths, workload.npus)
-            if finish is None:
-                print(f"astra-sim {wall:6.3f} s   (not every rank printed 'finished')")
-            else:
+            wall, finish = run_astra_sim(binary, prefix, paths)
+            if finish is not None:
                 same = finish == result.finish_ns
                 print(f"astra-sim {wall:6.3f} s   ratio {wall / (read_s + sim_s):.1f}x   finish times match: {same}")
                 if not same:
