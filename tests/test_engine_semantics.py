@@ -216,9 +216,3 @@ def test_async_collective_members_wait_for_the_last() -> None:
     alone = _ring_formula(CollectiveType.ALL_REDUCE, 1 << 20, 2, 4, 50.0, 500.0, 1600.0)
     assert 1_000_000 < result.finish_ns[0] <= 1_000_000 + alone
     assert result.finish_ns[1] <= 1_000_000 + alone
-
-
-def test_double_binary_tree_is_refused_in_one_line() -> None:
-    config = _config(4, all_reduce_implementation=["doubleBinaryTree"])
-    with pytest.raises(PipesimError, match="'doubleBinaryTree' is not modelled by the builtin engine"):
-        simulate(_collective_workload(4, CollectiveType.ALL_REDUCE, 1 << 20), config)

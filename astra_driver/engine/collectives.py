@@ -11,6 +11,11 @@ member's own start time: a "bundle" (endpoint delay, plus 3 * floor(bytes / loca
 precedes each send; a receive completes at the later of the data's arrival and the recv's posting. The result
 only depends on the members' start times relative to each other, so it is memoised: a replay of thousands of
 identical, synchronised collectives simulates one.
+
+doubleBinaryTree (`binary_tree_parents`, `tree_phase_finishes`) is ASTRA-Sim's DoubleBinaryTreeAllReduce: one
+binary tree per chunk, alternating between the tree rooted at the line's last member and the one rooted at its
+first. ASTRA-Sim builds that algorithm whatever collective named it, so a doubleBinaryTree phase of a
+reduce-scatter, all-gather or all-to-all is a tree all-reduce of the phase's input that leaves the size as is.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ A2A = int(CollectiveType.ALL_TO_ALL)
 RING = "ring"
 DIRECT = "direct"
 HALVING_DOUBLING = "halvingDoubling"
+DOUBLE_BINARY_TREE = "doubleBinaryTree"
 
 # Implementation names of system.json -> the algorithm class ASTRA-Sim instantiates for them.
 ALGORITHM_OF = {
@@ -40,7 +46,11 @@ ALGORITHM_OF = {
     "oneDirect": DIRECT,
     "halvingDoubling": HALVING_DOUBLING,
     "oneHalvingDoubling": HALVING_DOUBLING,
+    "doubleBinaryTree": DOUBLE_BINARY_TREE,
 }
+
+# Trees of ASTRA-Sim's DoubleBinaryTreeTopology: its counter picks RootMax on even calls, RootMin on odd ones.
+ROOT_MAX, ROOT_MIN = 0, 1
 
 COLLECTIVE_NAMES = {AR: "ALL_REDUCE", AG: "ALL_GATHER", RS: "REDUCE_SCATTER", A2A: "ALL_TO_ALL"}
 
@@ -63,6 +73,13 @@ class PhasePlan:
     comm_type: int
     data_size: int
     local: bool  # a communicator-group ring: bundles take a fixed 10 ns ("Fast" transmission)
+    # doubleBinaryTree only: chunk c runs tree (tree + c * tree_step) % 2 (ROOT_MAX / ROOT_MIN); the engine sets
+    # both from its per-dimension tree counter when the collective is created.
+    tree: int = ROOT_MAX
+    tree_step: int = 0
+
+    def tree_of(self, chunk: int) -> int:
+        return (self.tree + chunk * self.tree_step) & 1
 
 
 def _algorithm(impl: str) -> str:
@@ -73,6 +90,18 @@ def _algorithm(impl: str) -> str:
             f"(use one of {', '.join(ALGORITHM_OF)}, or replay with an ASTRA-Sim binary)"
         )
     return algorithm
+
+
+def _phase(dim: int, n: int, impl: str, comm_type: int, data_size: int, local: bool) -> PhasePlan:
+    algorithm = _algorithm(impl)
+    if algorithm == DOUBLE_BINARY_TREE:
+        if n & (n - 1):
+            # BinaryTree only numbers 2^floor(log2 n) members; ASTRA-Sim dereferences a missing node for the rest.
+            raise PipesimError(f"doubleBinaryTree needs a power-of-two number of NPUs per dimension, got {n}")
+        # Sys::generate_collective_phase builds a DoubleBinaryTreeAllReduce for any collective type: its
+        # final data size is its input size.
+        comm_type = AR
+    return PhasePlan(dim, algorithm, comm_type, data_size, local)
 
 
 def plan_phases(
@@ -88,19 +117,102 @@ def plan_phases(
     if comm_type != AR or not local_bw_aware:
         order = list(reversed(dims)) if comm_type == AG else dims
         for dim, n, impl in order:
-            phases.append(PhasePlan(dim, _algorithm(impl), comm_type, remain, local))
-            remain = final_data_size(comm_type, n, remain)
+            phase = _phase(dim, n, impl, comm_type, remain, local)
+            phases.append(phase)
+            remain = final_data_size(phase.comm_type, n, remain)
         return phases
     *lower, last = dims
     for dim, n, impl in lower:
-        phases.append(PhasePlan(dim, _algorithm(impl), RS, remain, local))
-        remain = final_data_size(RS, n, remain)
+        phase = _phase(dim, n, impl, RS, remain, local)
+        phases.append(phase)
+        remain = final_data_size(phase.comm_type, n, remain)
     dim, n, impl = last
-    phases.append(PhasePlan(dim, _algorithm(impl), AR, remain, local))
+    phases.append(_phase(dim, n, impl, AR, remain, local))
     for dim, n, impl in reversed(lower):
-        phases.append(PhasePlan(dim, _algorithm(impl), AG, remain, local))
-        remain = final_data_size(AG, n, remain)
+        phase = _phase(dim, n, impl, AG, remain, local)
+        phases.append(phase)
+        remain = final_data_size(phase.comm_type, n, remain)
     return phases
+
+
+def binary_tree_parents(n: int, tree: int) -> list[int]:
+    """Parent of each of n = 2^k members (-1: the root) in ASTRA-Sim's BinaryTree over one line.
+
+    BinaryTree numbers the members in order (left subtree, node, right subtree) of a perfect tree of n - 1
+    nodes hung under one extra root: RootMax puts the tree left of the root (the root is member n - 1),
+    RootMin right of it (the root is member 0). In-order numbering puts each subtree's top in the middle of
+    its range, e.g. n = 4: RootMax 3 <- 1 <- {0, 2}; RootMin 0 <- 2 <- {1, 3}.
+    """
+    parents = [-1] * n
+    if tree == ROOT_MAX:
+        root, low, high = n - 1, 0, n - 2
+    else:
+        root, low, high = 0, 1, n - 1
+    ranges = [(low, high, root)]
+    while ranges:
+        low, high, up = ranges.pop()
+        if low > high:
+            continue
+        top = (low + high) // 2
+        parents[top] = up
+        ranges.append((low, top - 1, top))
+        ranges.append((top + 1, high, top))
+    return parents
+
+
+def tree_phase_finishes(
+    parents: list[int],
+    starts: list[int],
+    delay: Callable[[int, int], int],
+    endpoint: int,
+    reduction: int,
+) -> list[int]:
+    """Finish tick of each member of one DoubleBinaryTreeAllReduce phase (all messages are the whole chunk).
+
+    The state machine, per member (E = endpoint delay, X = reduction = 3 * floor(bytes / local-mem-bw)):
+      leaf:         at start a bundle (E), then send up and post the recv from the parent; when the parent's
+                    data is in, a bundle (E), then done.
+      intermediate: at start post recvs from both children; each arrival starts a reducing bundle (E + X);
+                    the first bundle's callback is only counted, the second sends up and posts the recv from
+                    the parent; the parent's data starts a reducing bundle (E + X), then it sends to both
+                    children and is done.
+      root:         at start post the recv from its only child; on arrival a reducing bundle (E + X), then it
+                    sends down and is done.
+    A recv completes at the later of the data's arrival and its posting, so the tree reduces to a pass up
+    (when each member sends up) and a pass down (when each member has the result); no event loop is needed.
+    """
+    n = len(parents)
+    children: list[list[int]] = [[] for _ in range(n)]
+    root = -1
+    for member, parent in enumerate(parents):
+        if parent < 0:
+            root = member
+        else:
+            children[parent].append(member)
+    order = [root]  # breadth first: parents before children
+    for member in order:
+        order.extend(children[member])
+    up = [0] * n  # when a member sends its reduced data up (the root: when it has reduced its child's)
+    for member in reversed(order):
+        kids = children[member]
+        if not kids:
+            up[member] = starts[member] + endpoint
+            continue
+        start = starts[member]  # the recvs from the children are posted at start
+        last = max(max(up[kid] + delay(kid, member), start) for kid in kids)
+        up[member] = last + endpoint + reduction
+    finish = [0] * n
+    down = [0] * n  # when a member sends the result to its children
+    down[root] = finish[root] = up[root]
+    for member in order[1:]:
+        parent = parents[member]
+        # The recv from the parent is posted when the member sends up.
+        arrived = max(down[parent] + delay(parent, member), up[member])
+        if children[member]:
+            down[member] = finish[member] = arrived + endpoint + reduction
+        else:
+            finish[member] = arrived + endpoint
+    return finish
 
 
 # ---------------------------------------------------------------------------------------------------------

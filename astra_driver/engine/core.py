@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from astra_driver.astra_config import AstraConfig
 from astra_driver.engine.collectives import (
@@ -20,10 +20,13 @@ from astra_driver.engine.collectives import (
     AG,
     AR,
     COLLECTIVE_NAMES,
+    DOUBLE_BINARY_TREE,
     RS,
     PhaseAlgorithm,
     PhasePlan,
+    binary_tree_parents,
     plan_phases,
+    tree_phase_finishes,
 )
 from astra_driver.engine.network import Network
 from llm_converter.errors import DeadlockError, PipesimError
@@ -206,6 +209,9 @@ class Engine:
         self._sorted_nodes: list[list] = []  # per graph number: its nodes sorted by id
         self._instances: dict[tuple[str, int], _Instance] = {}
         self._phase_cache: dict[tuple, list[int]] = {}
+        # ASTRA-Sim's DoubleBinaryTreeTopology counters: one per (logical topology = collective type, dimension),
+        # advanced once per chunk and doubleBinaryTree phase on that dimension, on every NPU alike.
+        self._tree_calls: dict[tuple[int, int], int] = {}
         self._splits = system.preferred_dataset_splits
         self._threshold = system.active_chunks_per_dimension
         self._policy = system.scheduling_policy
@@ -584,19 +590,37 @@ class Engine:
             self._enter_phase(_Stream(instance, rank, index, chunk, priority), tick)
 
     def _single_phase(self, instance: _Instance, plan: PhasePlan, line: tuple[int, ...]) -> None:
-        """Chunks of a one-phase collective run through the dimension's queue, `active-chunks` at a time."""
+        """Chunks of a one-phase collective run through the dimension's queue, `active-chunks` at a time.
+
+        ASTRA-Sim queues a collective's chunks in order on each NPU (equal priority: first in, first out) and
+        inits the next waiting one whenever a running one leaves the queue (SchedulerUnit::notify_stream_removed).
+        So on each member chunk j starts at its issue tick for j < T, else when the earliest-finishing of its
+        T running chunks finishes: a min-heap of running finish ticks per member. With T = 1 that is chunk j - 1's
+        finish. The collective is done on a member when its last chunk finishes.
+        """
         threshold = self._threshold
         issue_ticks = [instance.issued[member][1] for member in line]
-        finishes: list[list[int]] = []
+        running: list[list[int]] = [[] for _ in line]
+        done = list(issue_ticks)
         for chunk in range(instance.chunks):
-            starts = issue_ticks if chunk < threshold else finishes[chunk - threshold]
-            finishes.append(self._phase_finishes(plan, line, starts))
-        tail = finishes[-threshold:]
+            if chunk < threshold:
+                starts = issue_ticks
+            elif threshold == 1:
+                starts = done  # the common case, without heaps: the previous chunk's finish
+            else:
+                starts = [heapq.heappop(heap) for heap in running]
+            finishes = self._phase_finishes(plan, line, starts, chunk)
+            if threshold == 1:
+                done = finishes
+                continue
+            for position, finish in enumerate(finishes):
+                heapq.heappush(running[position], finish)
+                if finish > done[position]:
+                    done[position] = finish
         for position, member in enumerate(line):
             index = instance.issued[member][0]
-            done = max(chunk_finish[position] for chunk_finish in tail)
             del self.ranks[member].colls_left[index]
-            self._push(done, E_DONE, member, index)
+            self._push(done[position], E_DONE, member, index)
 
     def _line(self, rank: int, dim: int) -> tuple[int, ...]:
         stride = self._strides[dim]
@@ -605,13 +629,23 @@ class Engine:
         return tuple(base + i * stride for i in range(count))
 
     def _new_instance(self, key, comm_type: int, size: int, members: tuple[int, ...], node, rank: int) -> _Instance:
+        # Sys::determine_chunk_size: comm_size // splits, but at least one byte per NPU of the whole network
+        # (groups included) for everything but all-gather: then the collective becomes `splits` chunks of that
+        # many bytes. Sys::generate_collective then subtracts whole chunks until nothing is left, every chunk
+        # with the full chunk size: 10,000,000 bytes in 3 splits are 4 chunks of 3,333,333 bytes.
         chunk = size // self._splits
-        if chunk == 0:
+        chunks = 0
+        if comm_type != AG and chunk < self.network.npus:
+            chunk = self.network.npus
+            chunks = self._splits
+        elif chunk == 0:
             raise PipesimError(
-                f"rank {rank} node {node.id} {node.name}: comm_size {size} is smaller than preferred-dataset-splits "
-                f"{self._splits}; ASTRA-Sim cannot split it (use a larger comm_size)"
+                f"rank {rank} node {node.id} {node.name}: ALL_GATHER comm_size {size} is smaller than "
+                f"preferred-dataset-splits {self._splits}; ASTRA-Sim divides by a zero chunk size (use a larger "
+                "comm_size)"
             )
-        chunks = -(-size // chunk)
+        else:
+            chunks = -(-size // chunk)
         impls = self._impls[comm_type]
         if len(members) != self.npus:
             dims = [(0, len(members), "ring")]
@@ -624,7 +658,35 @@ class Engine:
                 if flag and count > 1:
                     dims.append((dim, count, impls[dim]))
             phases = plan_phases(comm_type, chunk, dims, self._local_bw_aware, local=False) if dims else []
+            if any(plan.algorithm == DOUBLE_BINARY_TREE for plan in phases):
+                phases = self._assign_trees(comm_type, phases, chunks)
         return _Instance(key, comm_type, size, members, phases, chunks)
+
+    def _assign_trees(self, comm_type: int, phases: list[PhasePlan], chunks: int) -> list[PhasePlan]:
+        """Which tree each chunk's doubleBinaryTree phases run on.
+
+        Sys::generate_collective asks the collective type's logical topology for every chunk, phase by phase,
+        and a DoubleBinaryTreeTopology answers RootMax, RootMin, RootMax, ... from a counter of its own (one
+        per collective type and dimension, kept across collectives). A dimension visited k times per chunk
+        (localBWAware: reduce-scatter and all-gather on a lower dimension) advances it k times per chunk.
+        """
+        per_chunk: dict[int, int] = {}
+        for plan in phases:
+            if plan.algorithm == DOUBLE_BINARY_TREE:
+                per_chunk[plan.dim] = per_chunk.get(plan.dim, 0) + 1
+        seen: dict[int, int] = {}
+        planned: list[PhasePlan] = []
+        for plan in phases:
+            if plan.algorithm != DOUBLE_BINARY_TREE:
+                planned.append(plan)
+                continue
+            dim = plan.dim
+            first = self._tree_calls.get((comm_type, dim), 0) + seen.get(dim, 0)
+            seen[dim] = seen.get(dim, 0) + 1
+            planned.append(replace(plan, tree=first & 1, tree_step=per_chunk[dim] & 1))
+        for dim, calls in per_chunk.items():
+            self._tree_calls[(comm_type, dim)] = self._tree_calls.get((comm_type, dim), 0) + calls * chunks
+        return planned
 
     @property
     def _local_bw_aware(self) -> bool:
@@ -688,26 +750,40 @@ class Engine:
         del stream.instance.starts[key]
         plan = stream.instance.phases[stream.phase]
         ticks = [starts[member][0] for member in line]
-        for member, finish in zip(line, self._phase_finishes(plan, line, ticks), strict=True):
+        for member, finish in zip(line, self._phase_finishes(plan, line, ticks, stream.chunk), strict=True):
             self._push(finish, E_PHASE, member, starts[member][1])
 
-    def _phase_finishes(self, plan: PhasePlan, line: tuple[int, ...], ticks: list[int]) -> list[int]:
+    def _phase_finishes(self, plan: PhasePlan, line: tuple[int, ...], ticks: list[int], chunk: int) -> list[int]:
         base = min(ticks)
         relative = tuple(t - base for t in ticks)
         where = line if plan.local else plan.dim
-        key = (plan.algorithm, plan.comm_type, plan.data_size, plan.local, where, relative)
+        tree = plan.tree_of(chunk)
+        key = (plan.algorithm, plan.comm_type, plan.data_size, plan.local, where, tree, relative)
         finishes = self._phase_cache.get(key)
         if finishes is None:
             delay = self.network.delay
-
-            def member_delay(i: int, j: int, size: int) -> int:
-                return delay(line[i], line[j], size)
-
+            size = plan.data_size
             bundle = 10 if plan.local else self._endpoint_delay
-            algorithm = PhaseAlgorithm(
-                plan.algorithm, plan.comm_type, len(line), plan.data_size, member_delay, bundle, self._local_mem
-            )
-            finishes = algorithm.run(list(relative))
+            if plan.algorithm == DOUBLE_BINARY_TREE:
+                # Every message of the tree carries the whole chunk; every reducing bundle reads it twice and
+                # writes it once.
+                reduction = 3 * int(size / self._local_mem)
+                finishes = tree_phase_finishes(
+                    binary_tree_parents(len(line), tree),
+                    list(relative),
+                    lambda i, j: delay(line[i], line[j], size),
+                    bundle,
+                    reduction,
+                )
+            else:
+
+                def member_delay(i: int, j: int, size: int) -> int:
+                    return delay(line[i], line[j], size)
+
+                algorithm = PhaseAlgorithm(
+                    plan.algorithm, plan.comm_type, len(line), size, member_delay, bundle, self._local_mem
+                )
+                finishes = algorithm.run(list(relative))
             self._phase_cache[key] = finishes
         return [base + f for f in finishes]
 
