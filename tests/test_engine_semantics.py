@@ -125,6 +125,26 @@ def test_size_mismatch_deadlocks() -> None:
         simulate(Workload([sender.graph, receiver.graph]), _config(2))
 
 
+def test_send_without_recv_is_named_although_every_rank_finishes() -> None:
+    """ASTRA-Sim completes sends eagerly, so both ranks finish; the unreceived send is still a broken trace."""
+    sender, receiver = GraphBuilder(0), GraphBuilder(1)
+    sender.comp("COMP_NODE_a", 1)
+    sender.send("COMM_SEND_NODE_s", 1, 7, 1048576, deps=[0])
+    sender.send("COMM_SEND_NODE_t", 1, 8, 1048576, deps=[1])
+    receiver.recv("COMM_RECV_NODE_r", 0, 8, 1048576)
+    with pytest.raises(DeadlockError) as info:
+        simulate(Workload([sender.graph, receiver.graph]), _config(2))
+    assert info.value.stuck == {0: [1]}
+    assert str(info.value) == (
+        "unreceived send(s): rank 0 node 1 COMM_SEND_NODE_s sends 0->1 tag 7 size 1048576 but rank 1 never receives it"
+    )
+    engine = Engine(_config(2))  # the incremental engine leaves the check to its caller (recvs may come later)
+    engine.add_graph(0, sender.graph, 0)
+    engine.add_graph(1, receiver.graph, 0)
+    engine.run()
+    assert engine.result().finish_ns == [1000 + 20031 + 20031, 1000 + 20031 + 20031]
+
+
 def test_missing_collective_member_deadlocks() -> None:
     graphs = [GraphBuilder(rank) for rank in range(4)]
     for rank in range(3):

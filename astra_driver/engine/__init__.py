@@ -37,4 +37,5 @@ def simulate(
         for rank, graph in enumerate(workload.graphs):
             engine.add_graph(rank, graph, 0)
         engine.run()
+        engine.check_sends_received()
         return engine.result()

@@ -160,7 +160,9 @@ class _Rank:
         self.queues: list[list[_Stream]] = [[] for _ in range(max(dims, 1))]
         self.running = [0] * max(dims, 1)
         self.waiting_recvs: dict[tuple[int, int, int], deque[int]] = {}
-        self.arrived: dict[tuple[int, int, int], deque[int]] = {}
+        # Messages that arrived before their recv was posted: key -> FIFO of (arrival tick, sender rank, sender
+        # node index); the sender is kept so an unmatched send can be named.
+        self.arrived: dict[tuple[int, int, int], deque[tuple[int, int, int]]] = {}
         self.missing: dict[int, list[int]] = {}
         self.order: list[int] = []  # completion order, for node_times
 
@@ -505,14 +507,14 @@ class Engine:
             recv = waiting.popleft()
             self._push(arrival, E_DONE, dst, recv)
         else:
-            target.arrived.setdefault(key, deque()).append(arrival)
+            target.arrived.setdefault(key, deque()).append((arrival, state.rank, index))
 
     def _recv(self, state: _Rank, index: int, tick: int) -> None:
         node = self._node(state, index)
         key = (node.comm_src, node.comm_tag % _TAG_MODULO, node.comm_size)
         arrived = state.arrived.get(key)
         if arrived:
-            self._push(max(arrived.popleft(), tick), E_DONE, state.rank, index)
+            self._push(max(arrived.popleft()[0], tick), E_DONE, state.rank, index)
         else:
             state.waiting_recvs.setdefault(key, deque()).append(index)
 
@@ -795,6 +797,25 @@ class Engine:
     # ------------------------------------------------------------------------------------------------------
     # Results and deadlocks
     # ------------------------------------------------------------------------------------------------------
+    def check_sends_received(self) -> None:
+        """Raise DeadlockError when a send was never received. ASTRA-Sim completes sends eagerly, so every rank
+        still finishes, but a message nobody receives is a broken trace (a recv missing or mismatched)."""
+        unmatched: dict[int, list[tuple[int, str]]] = {}
+        for state in self.ranks:
+            for (src, tag, size), queue in state.arrived.items():
+                for _, sender, index in queue:
+                    node_id = self.ranks[sender].ids[index]
+                    why = f"sends {src}->{state.rank} tag {tag} size {size} but rank {state.rank} never receives it"
+                    unmatched.setdefault(sender, []).append((node_id, f"{self.ranks[sender].names[index]} {why}"))
+        if not unmatched:
+            return
+        reasons = [f"rank {rank} node {node_id} {why}" for rank, sent in unmatched.items() for node_id, why in sent]
+        tail = f" (and {len(reasons) - 3} more unreceived sends)" if len(reasons) > 3 else ""
+        raise DeadlockError(
+            "unreceived send(s): {}{}".format("; ".join(reasons[:3]), tail),
+            stuck={rank: sorted(node_id for node_id, _ in entries) for rank, entries in unmatched.items()},
+        )
+
     def check_complete(self) -> None:
         stuck = {state.rank: self._stuck_nodes(state) for state in self.ranks if state.remaining}
         if not stuck:
