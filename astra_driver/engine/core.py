@@ -403,6 +403,13 @@ class Engine:
         if tick > self.now:
             self.now = tick
 
+    def next_event_ns(self) -> int | None:
+        """Tick of the next pending event, or None when nothing is left to run.
+
+        A driver steps with `run_until(engine.next_event_ns())` to stop exactly when a graph finishes, then adds
+        the next graphs at that tick."""
+        return self._events[0][0] if self._events else None
+
     def run(self) -> None:
         """Run until nothing is left to do; raise DeadlockError if some node can never complete."""
         self._loop(None)
