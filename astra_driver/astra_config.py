@@ -7,6 +7,7 @@ from here. Field names follow the files' keys (see ../shared/astra-sim/README.md
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,9 @@ def _number(path: Path, key: str, value: Any, integer: bool = False) -> float | 
     # bool is an int in Python; ASTRA-Sim's JSON reader would not take true/false for a number either.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PipesimError(f"{path}: {key}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        # YAML's .inf/.nan and Python's JSON reader's Infinity/NaN: no simulator time comes out of them.
+        raise PipesimError(f"{path}: {key}: expected a finite number, got {value!r}; write a plain number")
     if integer:
         if isinstance(value, float) and not value.is_integer():
             raise PipesimError(f"{path}: {key}: expected an integer, got {value!r}")
@@ -310,7 +314,8 @@ def load_comm_groups(path: Path | str, npus: int | None = None) -> dict[str, lis
                 raise PipesimError(f"{path}: group {name}: rank {rank!r} is not a non-negative integer")
             if npus is not None and rank >= npus:
                 raise PipesimError(
-                    f"{path}: group {name}: rank {rank} is outside the network's {npus} NPUs (ranks 0..{npus - 1})"
+                    f"{path}: group {name}: rank {rank} is outside the network's {npus} NPUs (ranks 0..{npus - 1}); "
+                    "remove it from the group"
                 )
             members.append(rank)
         if len(set(members)) != len(members):

@@ -35,6 +35,7 @@ from astra_driver.astra_output import (
     parse_finish_lines,
     read_lines,
 )
+from astra_driver.paths import check_output_path
 from llm_converter.chakra.reader import count_ranks, read_workload
 from llm_converter.chakra.writer import et_path, write_atomic
 from llm_converter.errors import PipesimError
@@ -123,6 +124,8 @@ class BuiltinBackend:
 
     def run(self, run: ReplayRun) -> BackendResult:
         _check_builtin_flags(run)
+        if run.logging_folder is not None:
+            check_output_path(run.logging_folder, "--logging-folder", folder=True)
         config = load_astra_config(run.system, run.network, run.memory, run.comm_groups)
         npus = config.network.npus
         present = count_ranks(run.workload)
@@ -404,6 +407,7 @@ def _collect(
 
 
 def _clear_previous_logs(logging_folder: Path) -> None:
+    check_output_path(logging_folder, "--logging-folder", folder=True)
     # A stale log.log from an earlier run would be parsed as this run's trace (ASTRA-Sim appends to it).
     for name in (TRACE_LOG_NAME, STDOUT_NAME, STDERR_NAME):
         try:

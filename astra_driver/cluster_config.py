@@ -37,7 +37,8 @@ DEFAULT_MEM_UTIL = 0.9
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: Python's JSON reader takes Infinity, NaN and 1e400 (= inf); no bandwidth is infinite.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class CpuMemConfig(_Strict):
@@ -473,6 +474,8 @@ def _describe_error(error: dict[str, Any], loc: tuple[Any, ...]) -> str:
         if _is_section(loc) and kind in ("model_type", "dict_type", "model_attributes_type"):
             return f"expected {_TYPE_NAMES[kind]} with {', '.join(_allowed_fields(loc))}, got {_show(value)}"
         return f"expected {_TYPE_NAMES[kind]}, got {_show(value)}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {_show(value)}; write a plain number"
     if kind == "greater_than":
         return f"must be > {_bound(ctx.get('gt'))}, got {_show(value)}"
     if kind == "greater_than_equal":

@@ -83,9 +83,11 @@ def test_cli_validate_fails_with_node_ids(tmp_path, capsys) -> None:
     workload.graphs[1].nodes[0].comm_size = 999
     write_workload(tmp_path / "llm", workload)
     assert main(["validate", str(tmp_path / "llm")]) == 2
-    err = capsys.readouterr().err
-    assert "rank 0 node 4: 1 send(s) 0->1 tag 3 size 1000 but 0 matching recv(s) on rank 1" in err
-    assert err.strip().splitlines()[-1].startswith("pipesim: error: ")
+    captured = capsys.readouterr()
+    # The problems are the report, on stdout; stderr holds the one error line.
+    assert "rank 0 node 4: 1 send(s) 0->1 tag 3 size 1000 but 0 matching recv(s) on rank 1" in captured.out
+    assert len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("pipesim: error: ")
 
 
 def test_cli_inspect_missing_prefix(tmp_path, capsys) -> None:

@@ -7,6 +7,7 @@ PipesimError: printed as one line on stderr, exit code 2, no traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -29,7 +30,7 @@ def _register_verbs() -> None:
 def main(argv: list[str] | None = None) -> int:
     _register_verbs()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="pipesim", standalone_mode=False)
     except PipesimError as exc:
         print(f"pipesim: error: {exc}", file=sys.stderr)
         return 2
@@ -38,15 +39,38 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("pipesim: aborted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # The file system refused something no check foresaw (a folder where a file goes, permissions, a full
+        # disk): still the user's environment, so one line naming the path rather than a traceback.
+        print(f"pipesim: error: {_os_error_message(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:
         # Usage errors (missing flag, bad value) come from click, or from the copy of click typer bundles:
-        # both carry show() and an exit code. Print click's own short message and exit 2 like any user error.
-        show = getattr(exc, "show", None)
-        if callable(show) and isinstance(getattr(exc, "exit_code", None), int):
-            show()
+        # both carry format_message() and an exit code. Printed on one line like every other error, except
+        # the bare command, which prints the help.
+        format_message = getattr(exc, "format_message", None)
+        if not callable(format_message) or not isinstance(getattr(exc, "exit_code", None), int):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # type: ignore[attr-defined]
             return 2
-        raise
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "pipesim"
+        message = " ".join(str(format_message()).split()).rstrip(".")
+        print(f"pipesim: error: {message}; see '{command} --help'", file=sys.stderr)
+        return 2
     return 0
+
+
+def _os_error_message(exc: OSError) -> str:
+    # os.replace(tmp, path) reports the hidden temporary file first: name the destination.
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    if name is None:
+        return f"{reason}; check the paths given and their permissions"
+    if Path(str(name)).name.startswith("."):
+        name = Path(str(name)).parent
+    return f"{name}: {reason}; check that path (a file where a folder goes or the reverse, permissions, free space)"
 
 
 def run() -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from astra_driver.cli import app
+from astra_driver.paths import check_output_path
 from llm_converter.chakra import inspect as chakra_inspect
 from llm_converter.chakra.reader import read_graph, read_workload
 from llm_converter.chakra.validator import ValidationReport, validate_workload
@@ -25,19 +26,19 @@ def load_graphs(file_or_prefix: str) -> list[Graph]:
     return read_workload(file_or_prefix).graphs
 
 
-def _comm_groups_beside(prefix: str, explicit: Path | None) -> dict[str, list[int]]:
+def _comm_groups_beside(prefix: str, explicit: Path | None, npus: int) -> dict[str, list[int]]:
     from astra_driver.astra_config import load_comm_groups
 
     if explicit is not None:
-        return load_comm_groups(explicit)
+        return load_comm_groups(explicit, npus=npus)
     beside = Path(prefix).parent / "comm_groups.json"
-    return load_comm_groups(beside) if beside.is_file() else {}
+    return load_comm_groups(beside, npus=npus) if beside.is_file() else {}
 
 
 def validate_prefix(prefix: str, comm_groups: Path | None = None, roofline: bool = False) -> ValidationReport:
     """Read every rank of `prefix` (with comm_groups.json beside it, if any) and validate the workload."""
     workload = read_workload(prefix)
-    workload.comm_groups = _comm_groups_beside(prefix, comm_groups)
+    workload.comm_groups = _comm_groups_beside(prefix, comm_groups, workload.npus)
     return validate_workload(workload, roofline=roofline)
 
 
@@ -53,6 +54,8 @@ def inspect(
     """Summarise .et files: nodes by type, compute time, bytes per peer, critical path."""
     if sum((as_json, dot, graphml, summary_json)) > 1:
         raise PipesimError("inspect: choose one of --json, --dot, --graphml, --summary-json")
+    if output is not None:
+        check_output_path(output, "-o/--output")
     graphs = load_graphs(file_or_prefix)
     if as_json:
         text = "".join(chakra_inspect.to_json(graph) for graph in graphs)
@@ -84,7 +87,8 @@ def validate(
     if report.ok:
         typer.echo(report.summary())
         return
+    # The problems are the report (stdout); stderr gets the one error line every failure gets.
     for problem in report.problems:
-        typer.echo(str(problem), err=True)
+        typer.echo(str(problem))
     first = report.problems[0]
     raise PipesimError(f"{prefix}: {report.summary()}; first: {first}")

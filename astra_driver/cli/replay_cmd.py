@@ -11,6 +11,7 @@ the binary work unchanged:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,7 @@ from astra_driver.backends import (
     replay,
 )
 from astra_driver.cli import app
+from astra_driver.paths import check_output_path
 from llm_converter.chakra.writer import write_atomic
 from llm_converter.errors import PipesimError
 
@@ -114,10 +116,15 @@ def replay_command(
     ] = None,
 ) -> None:
     """Run a workload like ASTRA-Sim and print its per-rank 'finished' lines."""
-    if timeout < 0:
+    if not (math.isfinite(timeout) and timeout >= 0):
         raise PipesimError(f"--timeout {timeout:g}: must be >= 0 seconds (0: no limit)")
     if backend not in BACKENDS:
         raise PipesimError(f"--backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    # Where results go is checked before a run that may take hours.
+    if node_times is not None:
+        check_output_path(node_times, "--node-times")
+    if logging_folder is not None:
+        check_output_path(logging_folder, "--logging-folder", folder=True)
     run = ReplayRun(
         workload=Path(workload_configuration),
         system=system_configuration,
