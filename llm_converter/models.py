@@ -247,16 +247,45 @@ def _name_from_path(path: Path, config: dict[str, Any]) -> str:
 def _require(path: Path, config: dict[str, Any], *keys: str) -> Any:
     for key in keys:
         if config.get(key) is not None:
-            return config[key]
+            return _whole(path, key, config[key])
     raise PipesimError(f"{path}: missing field {' / '.join(keys)}; add it to the config.json")
 
 
+def _whole(path: Path, key: str, value: Any) -> int:
+    """A whole number from the config.json (4096 or 4096.0; not "4096", true or 1.5)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (isinstance(value, float) and not value.is_integer())
+    ):
+        raise PipesimError(f"{path}: field {key} is {json.dumps(value)}; it must be a whole number")
+    return int(value)
+
+
+def _optional(path: Path, config: dict[str, Any], key: str, default: int = 0) -> int:
+    value = config.get(key)
+    return default if value is None or value == 0 else _whole(path, key, value)
+
+
 def model_from_hf_config(path: Path) -> ModelSpec:
+    """A ModelSpec from a HuggingFace config.json; every problem names the file and the field."""
+    if not path.is_file():
+        raise PipesimError(f"{path}: no such model config file; pass an existing HuggingFace config.json")
+    try:
+        return _model_from_hf_config(path)
+    except PipesimError as exc:
+        message = str(exc)
+        if message.startswith(f"{path}:"):
+            raise
+        raise PipesimError(f"{path}: {message}; fix the config.json") from None
+
+
+def _model_from_hf_config(path: Path) -> ModelSpec:
     if not path.is_file():
         raise PipesimError(f"{path}: no such model config file; pass an existing HuggingFace config.json")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipesimError(f"{path}: not valid JSON ({exc}); pass a HuggingFace config.json") from None
     if not isinstance(config, dict):
         raise PipesimError(f"{path}: expected a JSON object; pass a HuggingFace config.json")
@@ -266,32 +295,32 @@ def model_from_hf_config(path: Path) -> ModelSpec:
     name = _name_from_path(path, config)
 
     if model_type == "gpt2":
-        hidden = int(_require(path, config, "n_embd", "hidden_size"))
-        heads = int(_require(path, config, "n_head", "num_attention_heads"))
+        hidden = _require(path, config, "n_embd", "hidden_size")
+        heads = _require(path, config, "n_head", "num_attention_heads")
         return ModelSpec(
             name=name,
             architecture="gpt2",
             hidden_size=hidden,
-            intermediate_size=int(config.get("n_inner") or 4 * hidden),
-            num_layers=int(_require(path, config, "n_layer", "num_hidden_layers")),
+            intermediate_size=_optional(path, config, "n_inner", 4 * hidden),
+            num_layers=(_require(path, config, "n_layer", "num_hidden_layers")),
             num_attention_heads=heads,
             num_kv_heads=heads,
-            head_dim=hidden // heads,
-            vocab_size=int(_require(path, config, "vocab_size")),
+            head_dim=hidden // heads if heads > 0 else 0,
+            vocab_size=(_require(path, config, "vocab_size")),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
             norm="layernorm",
             gated_mlp=False,
             attention_bias=True,
             mlp_bias=True,
             position_embedding="learned",
-            max_position_embeddings=int(_require(path, config, "n_positions", "max_position_embeddings")),
+            max_position_embeddings=(_require(path, config, "n_positions", "max_position_embeddings")),
         )
 
-    hidden = int(_require(path, config, "hidden_size"))
-    heads = int(_require(path, config, "num_attention_heads"))
-    num_experts = int(config.get("num_local_experts") or config.get("num_experts") or 0)
+    hidden = _require(path, config, "hidden_size")
+    heads = _require(path, config, "num_attention_heads")
+    num_experts = _optional(path, config, "num_local_experts") or _optional(path, config, "num_experts")
     if num_experts:
-        if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1:
+        if config.get("mlp_only_layers") or _optional(path, config, "decoder_sparse_step", 1) != 1:
             raise PipesimError(
                 f"{path}: mlp_only_layers / decoder_sparse_step mix dense and MoE blocks, which pipesim does not "
                 f"model; use a config where every block is MoE"
@@ -302,17 +331,19 @@ def model_from_hf_config(path: Path) -> ModelSpec:
         name=name,
         architecture=model_type,
         hidden_size=hidden,
-        intermediate_size=int(_require(path, config, "intermediate_size")),
-        num_layers=int(_require(path, config, "num_hidden_layers")),
+        intermediate_size=(_require(path, config, "intermediate_size")),
+        num_layers=(_require(path, config, "num_hidden_layers")),
         num_attention_heads=heads,
-        num_kv_heads=int(config.get("num_key_value_heads") or heads),
-        head_dim=int(config.get("head_dim") or hidden // heads),
-        vocab_size=int(_require(path, config, "vocab_size")),
+        num_kv_heads=_optional(path, config, "num_key_value_heads", heads),
+        head_dim=_optional(path, config, "head_dim", hidden // heads if heads > 0 else 0),
+        vocab_size=(_require(path, config, "vocab_size")),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         num_experts=num_experts,
-        experts_per_token=int(config.get("num_experts_per_tok") or 0) if num_experts else 0,
+        experts_per_token=_optional(path, config, "num_experts_per_tok") if num_experts else 0,
         # Mixtral / PhiMoE experts have the dense intermediate_size; Qwen3-MoE names its own width.
-        moe_intermediate_size=int(config.get("moe_intermediate_size") or config["intermediate_size"])
+        moe_intermediate_size=_optional(
+            path, config, "moe_intermediate_size", _require(path, config, "intermediate_size")
+        )
         if num_experts
         else 0,
         norm="layernorm" if model_type in _LAYERNORM_TYPES else "rmsnorm",
@@ -322,5 +353,5 @@ def model_from_hf_config(path: Path) -> ModelSpec:
         lm_head_bias=bool(config.get("lm_head_bias", False)),
         qk_norm=model_type.startswith("qwen3"),
         position_embedding="rope",
-        max_position_embeddings=int(config.get("max_position_embeddings") or 0),
+        max_position_embeddings=_optional(path, config, "max_position_embeddings"),
     )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -176,23 +177,32 @@ class SkewFit:
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     if not path.is_file():
         raise PipesimError(f"{path}: missing bundle file; re-run the profiler or point --profile-dir at a full bundle")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for column in columns:
-            if column not in header:
-                raise PipesimError(f"{path}: missing column {column!r} (header: {','.join(header)}); fix the file")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            for column in columns:
+                if column not in header:
+                    raise PipesimError(f"{path}: missing column {column!r} (header: {','.join(header)}); fix the file")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        reason = " ".join(str(exc).split())
+        raise PipesimError(f"{path}: not a readable CSV ({reason}); fix or re-run the profiler") from None
     if not rows:
         raise PipesimError(f"{path}: no data rows; re-run the profiler")
     return rows
 
 
-def _number(path: Path, row: dict[str, str], column: str) -> float:
+def _number(path: Path, row: dict[str, str], column: str, minimum: float | None = 0.0) -> float:
+    """A finite number >= `minimum` (sizes and times; None: any finite number)."""
     try:
-        return float(row[column])
+        value = float(row[column])
     except (TypeError, ValueError):
         raise PipesimError(f"{path}: column {column!r} has non-numeric value {row[column]!r}; fix the row") from None
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        bound = "a finite number" if minimum is None else f"a finite number >= {minimum:g}"
+        raise PipesimError(f"{path}: column {column!r} has value {row[column]!r}; it must be {bound}; fix the row")
+    return value
 
 
 def _curves(path: Path, axis: str) -> dict[str, Curve]:
@@ -240,7 +250,7 @@ def load_tables(variant_dir: Path, tp: int) -> BundleTables:
     meta_path = variant_dir / "meta.yaml"
     try:
         meta = yaml.safe_load(meta_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = " ".join(str(exc).split())
         raise PipesimError(f"{meta_path}: cannot read ({reason}); fix or re-run the profiler") from None
     if not isinstance(meta, dict):
@@ -289,8 +299,14 @@ def _load_skew(meta: dict[str, Any], meta_path: Path, tp_dir: Path, tp: int) -> 
             row["kv_big_label"],
             row["kp_label"],
         )
-        alphas[key] = _number(table_path, row, "alpha")
-    return SkewFit(float(entry["alpha_default"]), alphas, axes)
+        alphas[key] = _number(table_path, row, "alpha", minimum=None)
+    try:
+        alpha_default = float(entry["alpha_default"])
+    except (TypeError, ValueError):
+        raise PipesimError(
+            f"{meta_path}: skew_fit.per_tp.{tp}.alpha_default is {entry['alpha_default']!r}; it must be a number"
+        ) from None
+    return SkewFit(alpha_default, alphas, axes)
 
 
 # -- the latency model -------------------------------------------------------------------------------------
