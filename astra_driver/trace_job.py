@@ -11,6 +11,7 @@ so traces/<name>/ is either the previous complete output or the new complete out
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from astra_driver.astra_files import astra_config_for_instance, write_astra_files
 from astra_driver.cluster_config import ClusterConfig, PlacedInstance, cluster_config_from_dict, load_cluster_config
+from astra_driver.paths import check_output_path
 from llm_converter.chakra.reader import count_ranks
 from llm_converter.chakra.writer import et_path, write_workload
 from llm_converter.errors import PipesimError
@@ -28,7 +30,7 @@ from llm_converter.hardware import get_hardware
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
-from llm_converter.models import dtype_bytes
+from llm_converter.models import ModelSpec, dtype_bytes
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan, stage_params, weight_bytes_per_npu
 from llm_converter.serving import build_serving_workload
@@ -39,6 +41,9 @@ DEFAULT_DTYPE = "float16"
 # CPU memory of the one node made up for --model/--hardware runs (the seed's cluster config values).
 FLAG_CPU_MEM = {"mem_size": 512, "mem_bw": 256, "mem_latency": 0}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+# Decode requests in one iteration: far beyond any serving batch, and the batch is built as one entry per
+# request, so a typo like 10000000000x1024 must not exhaust memory.
+MAX_DECODE_REQUESTS = 1 << 20
 
 
 # --- the batch ---------------------------------------------------------------------------------------------
@@ -57,6 +62,10 @@ def parse_decode(text: str) -> tuple[int, ...]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or int(match.group(1)) < 1:
         raise PipesimError(f"--decode {text!r}: expected COUNTxKV with COUNT >= 1, e.g. 32x1024")
+    if int(match.group(1)) > MAX_DECODE_REQUESTS:
+        raise PipesimError(
+            f"--decode {text!r}: {match.group(1)} requests in one iteration; use COUNT <= {MAX_DECODE_REQUESTS}"
+        )
     return (int(match.group(2)),) * int(match.group(1))
 
 
@@ -66,6 +75,10 @@ def iteration_from_flags(prefill: list[str], decode: list[str]) -> Iteration:
     decodes: tuple[int, ...] = ()
     for text in decode:
         decodes += parse_decode(text)
+        if len(decodes) > MAX_DECODE_REQUESTS:
+            raise PipesimError(
+                f"--decode: {len(decodes)} requests in one iteration; give at most {MAX_DECODE_REQUESTS} in all"
+            )
     return Iteration(prefill=tuple(parse_prefill(text) for text in prefill), decode=decodes)
 
 
@@ -198,6 +211,7 @@ def resolve_instance(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstan
         return cluster, cluster.instance(request.instance)
     if not request.model or not request.hardware:
         raise PipesimError("trace: give --cluster-config PATH, or --model NAME --hardware NAME [--tp N --pp N]")
+    _check_flag_values(request)
     cluster = cluster_from_flags(
         request.model,
         request.hardware,
@@ -210,15 +224,51 @@ def resolve_instance(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstan
     return cluster, cluster.instance(0)
 
 
+def _check_flag_values(request: TraceRequest) -> None:
+    """--tp/--pp/--link-bw/--link-latency, named as the user typed them (the cluster checks name JSON fields)."""
+    for flag, value in (("--tp", request.tp), ("--pp", request.pp)):
+        if value is not None and value < 1:
+            raise PipesimError(f"{flag} {value}: must be >= 1")
+    if request.link_bw is not None and not (math.isfinite(request.link_bw) and request.link_bw > 0):
+        raise PipesimError(f"--link-bw {request.link_bw:g}: must be a bandwidth > 0 GB/s")
+    if request.link_latency is not None and not (math.isfinite(request.link_latency) and request.link_latency >= 0):
+        raise PipesimError(f"--link-latency {request.link_latency:g}: must be a latency >= 0 ns")
+
+
+def _check_batch_fits_model(model: ModelSpec, iteration: Iteration) -> None:
+    """No request may be longer than the model's context window (max_position_embeddings, when known)."""
+    limit = model.max_position_embeddings
+    if limit <= 0:
+        return
+    for chunk in iteration.prefill:
+        if chunk.kv_after > limit:
+            raise PipesimError(
+                f"--prefill {chunk.tokens}@{chunk.context}: {chunk.kv_after} tokens of context but {model.name} "
+                f"holds at most {limit} (max_position_embeddings); use TOKENS + CONTEXT <= {limit}"
+            )
+    if iteration.decode and max(iteration.decode) > limit:
+        raise PipesimError(
+            f"--decode ...x{max(iteration.decode)}: {max(iteration.decode)} tokens of KV but {model.name} "
+            f"holds at most {limit} (max_position_embeddings); use KV <= {limit}"
+        )
+
+
 def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, LayerList, ParallelPlan, Workload]:
     """Everything `trace` writes, in memory."""
     cluster, placed = resolve_instance(request)
     model, tp, pp = placed.model, placed.tp_size, placed.pp_size
+    _check_batch_fits_model(model, request.iteration)
     latency = make_latency_model(model, placed.hardware, tp, request.dtype, request.profile_dir)
     ops = timed_ops(model, request.iteration, tp, latency, request.dtype)
     plan = balanced_plan(ops, model.num_layers, tp, pp)
     _check_weights_fit(placed, plan, request.dtype)
-    layers = build_layer_list(model, request.iteration, plan, latency, request.dtype, ops=ops)
+    try:
+        layers = build_layer_list(model, request.iteration, plan, latency, request.dtype, ops=ops)
+    except PipesimError as exc:
+        if not str(exc).startswith("layer list:"):
+            raise
+        # The rows come from the batch: name the flags that made them too large.
+        raise PipesimError(f"--prefill/--decode: {exc}") from None
     return cluster, placed, layers, plan, build_serving_workload(layers, plan)
 
 
@@ -236,6 +286,7 @@ def _check_weights_fit(placed: PlacedInstance, plan: ParallelPlan, dtype: str) -
 
 def run_trace(request: TraceRequest) -> TraceResult:
     _check_name(request.name)
+    check_output_path(Path(request.out_dir) / request.name, "--out-dir/--name", folder=True)
     cluster, placed, layers, plan, workload = build_trace(request)
     astra = astra_config_for_instance(cluster, placed, plan.comm_groups())
     notes = []
@@ -349,6 +400,7 @@ def run_convert(
     """A layer CSV -> `<prefix>.<npu>.et`; with a cluster config, its instance's ASTRA-Sim files beside them."""
     if tp < 1 or pp < 1:
         raise PipesimError(f"convert: --tp {tp} --pp {pp}; both must be >= 1")
+    check_output_path(et_path(prefix, 0), "-o/--output")
     layers = read_layer_csv(csv_path, hidden_size=hidden, dtype_bytes=dtype_bytes(dtype) if dtype else None, pp=pp)
     plan = plan_of_layers(layers, tp=tp)
     workload = build_serving_workload(layers, plan, iteration_id=iteration_id)

@@ -27,6 +27,9 @@ CSV_COLUMNS = ("name", "block", "stage", "tokens", "ns", "flops", "bytes", "para
 REQUIRED_CSV_COLUMNS = ("name", "block", "tokens", "ns")
 _HEADER_COMMENT = re.compile(r"#\s*pipesim layer list:\s*hidden_size=(\d+)\s+dtype_bytes=(\d+)\s*$")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+# The largest value a Chakra node can carry (num_ops, comm_size are int64): a row over it cannot be written.
+MAX_VALUE = (1 << 63) - 1
+_NUMBER_COLUMNS = ("tokens", "ns", "flops", "bytes", "params", "comm_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,13 @@ class LayerList:
 
     def __post_init__(self) -> None:
         self.num_stages = check_rows(self.rows)
+        tokens = max(row.tokens for row in self.rows)
+        if tokens * self.hidden_size * self.dtype_bytes > MAX_VALUE:
+            raise PipesimError(
+                f"layer list: an activation of {tokens} tokens x hidden_size {self.hidden_size} x dtype_bytes "
+                f"{self.dtype_bytes} is over the largest size a Chakra trace holds ({MAX_VALUE} bytes); "
+                "make the batch smaller"
+            )
 
     def stage_rows(self, stage: int) -> list[LayerRow]:
         return [row for row in self.rows if row.stage == stage]
@@ -108,6 +118,12 @@ def check_rows(rows: list[LayerRow]) -> int:
             raise PipesimError(f"layer list: row {index} ({row.name}) has comm {row.comm!r}; use none or all_reduce")
         if min(row.tokens, row.ns, row.flops, row.bytes, row.params, row.comm_bytes) < 0:
             raise PipesimError(f"layer list: row {index} ({row.name}) has a negative value; all numbers must be >= 0")
+        for column in _NUMBER_COLUMNS:
+            if getattr(row, column) > MAX_VALUE:
+                raise PipesimError(
+                    f"layer list: row {index} ({row.name}) has {column} {getattr(row, column)}, over the largest "
+                    f"value a Chakra trace holds ({MAX_VALUE}); make the batch or the layer smaller"
+                )
         if row.comm == "all_reduce" and row.comm_bytes <= 0:
             raise PipesimError(
                 f"layer list: row {index} ({row.name}) all-reduces 0 bytes; set comm_bytes > 0 or comm none"
@@ -289,6 +305,8 @@ def _parse_row(path: Path, line: int, cells: dict[str, str], hidden: int, dtype_
             raise PipesimError(f"{path}: line {line}: column {column!r} is {text!r}; it needs an integer") from None
         if value < minimum:
             raise PipesimError(f"{path}: line {line}: column {column!r} is {value}; it must be >= {minimum}")
+        if value > MAX_VALUE:
+            raise PipesimError(f"{path}: line {line}: column {column!r} is {value}; it must be <= {MAX_VALUE}")
         return value
 
     name = cells["name"]
