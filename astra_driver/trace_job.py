@@ -30,7 +30,7 @@ from llm_converter.hardware import get_hardware
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
-from llm_converter.models import ModelSpec, dtype_bytes
+from llm_converter.models import ModelSpec, dtype_bytes, get_model
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan, stage_params, weight_bytes_per_npu
 from llm_converter.serving import build_serving_workload
@@ -212,6 +212,12 @@ def resolve_instance(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstan
     if not request.model or not request.hardware:
         raise PipesimError("trace: give --cluster-config PATH, or --model NAME --hardware NAME [--tp N --pp N]")
     _check_flag_values(request)
+    # Resolved once here so that their own messages (the catalog, or the config.json and its field) name the flag.
+    for flag, lookup, value in (("--model", get_model, request.model), ("--hardware", get_hardware, request.hardware)):
+        try:
+            lookup(value)
+        except PipesimError as exc:
+            raise PipesimError(f"{flag}: {exc}") from None
     cluster = cluster_from_flags(
         request.model,
         request.hardware,
