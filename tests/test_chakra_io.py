@@ -198,3 +198,36 @@ def test_missing_files_are_named(tmp_path) -> None:
         (tmp_path / "llm.0.et").write_bytes(_good_bytes())
         read_workload(tmp_path / "llm", npus=2)
     assert et_path("a/b", 12).name == "b.12.et"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [
+        ("comm_tag", 2**31, r"comm_tag 2147483648 does not fit its Chakra kind int32_val"),
+        ("comm_src", -(2**31) - 1, r"comm_src -2147483649 does not fit its Chakra kind int32_val"),
+        ("comm_size", 2**63, r"comm_size 9223372036854775808 does not fit its Chakra kind int64_val"),
+        ("tensor_size", -1, r"tensor_size -1 does not fit its Chakra kind uint64_val"),
+        ("duration_micros", -5, r"cannot be negative"),
+        ("id", -1, r"cannot be negative"),
+        ("data_deps", [-3, 200], r"dependency id -3 is negative"),
+    ],
+)
+def test_values_outside_their_field_are_refused(field: str, value, pattern: str) -> None:
+    node = Node(7, "COMM_SEND_NODE_x", NodeType.COMM_SEND_NODE, comm_dst=1, comm_tag=1, comm_size=8, tensor_size=None)
+    setattr(node, field, value)
+    with pytest.raises(PipesimError, match=pattern) as info:
+        encode_graph(Graph(rank=3, nodes=[node]))
+    assert str(info.value).startswith(f"rank 3 node {node.id} 'COMM_SEND_NODE_x': ")
+
+
+def test_int32_extremes_match_protobuf() -> None:
+    for value in (2**31 - 1, -(2**31)):
+        node = Node(1, "COMM_RECV_NODE_y", NodeType.COMM_RECV_NODE, comm_src=0, comm_tag=value, comm_size=8)
+        assert encode_node(node) == _to_message(node).SerializeToString()
+
+
+def test_write_atomic_reports_an_unwritable_place(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PipesimError, match=r"file/llm\.0\.et: cannot write \(File exists\); choose another path"):
+        write_workload(blocker / "llm", Workload([_spec_pipe0()]))

@@ -22,7 +22,12 @@ _VARINT_CACHE: dict[int, bytes] = {}
 _CACHE_LIMIT = 1 << 17
 
 
+_INT64_MIN, _UINT64_END = -(1 << 63), 1 << 64
+
+
 def _encode_varint(value: int) -> bytes:
+    if not _INT64_MIN <= value < _UINT64_END:
+        raise ValueError(f"{value} does not fit 64 bits")
     if value < 0:
         value &= (1 << 64) - 1
     out = bytearray()
@@ -102,10 +107,11 @@ _TYPE_FIELD = [b"\x18" + bytes([t]) for t in range(8)]
 
 
 def _packed(values: list[int]) -> bytes:
-    if len(values) == 1:
-        return varint(values[0])
+    """Packed uint64 values (dependency ids)."""
     if all(0 <= v < 128 for v in values):
         return bytes(values)
+    if min(values) < 0:
+        raise ValueError(f"dependency id {min(values)} is negative (ids are uint64)")
     return b"".join(varint(v) for v in values)
 
 
@@ -131,12 +137,22 @@ _COMM_PRIORITY_HEAD = _INT_HEADS["comm_priority"]
 
 
 _ATTR_CACHE: dict[tuple[bytes, int], bytes] = {}
+# Range of each integer attribute's canonical kind (int32, int64, uint64), checked once per distinct value.
+_INT32_RANGE, _INT64_RANGE, _UINT64_RANGE = (-(1 << 31), 1 << 31), (_INT64_MIN, 1 << 63), (0, _UINT64_END)
+_ATTR_RANGE = {
+    head: (name, _INT32_RANGE if head.endswith(_INT32) else _UINT64_RANGE if head.endswith(_UINT64) else _INT64_RANGE)
+    for name, head in _INT_HEADS.items()
+}
 
 
 def _attr(head: bytes, value: int) -> bytes:
     key = (head, value)
     record = _ATTR_CACHE.get(key)
     if record is None:
+        name, (low, end) = _ATTR_RANGE[head]
+        if not low <= value < end:
+            kind = {_INT32_RANGE: "int32", _INT64_RANGE: "int64", _UINT64_RANGE: "uint64"}[(low, end)]
+            raise ValueError(f"{name} {value} does not fit its Chakra kind {kind}_val")
         body = head + varint(value)
         record = b"\x52" + _SMALL_VARINTS[len(body)] + body  # every integer attribute body is < 128 bytes
         if len(_ATTR_CACHE) < _CACHE_LIMIT:
@@ -204,7 +220,10 @@ def _encode_attributes_with_extras(node: Node) -> list[bytes]:
 
 
 def encode_node(node: Node) -> bytes:
-    """The serialized `Node` message (without its length prefix)."""
+    """The serialized `Node` message (without its length prefix). ValueError when a value does not fit its
+    field (encode_graph turns that into a one-line error naming the node)."""
+    if node.id < 0 or node.duration_micros < 0 or node.start_time_micros < 0:
+        raise ValueError("id, duration_micros and start_time_micros are uint64: they cannot be negative")
     parts: list[bytes] = []
     if node.id:
         parts.append(b"\x08" + varint(node.id))
@@ -244,7 +263,10 @@ def encode_graph(graph: Graph) -> bytes:
     metadata = encode_metadata(graph)
     records = [varint(len(metadata)), metadata]
     for node in graph.nodes:
-        body = encode_node(node)
+        try:
+            body = encode_node(node)
+        except ValueError as exc:
+            raise PipesimError(f"rank {graph.rank} node {node.id} {node.name!r}: {exc}; fix the value") from None
         if not body:
             raise PipesimError(
                 f"rank {graph.rank}: node id 0 has no name, type or attributes; Chakra's reader would stop at it "
@@ -257,16 +279,21 @@ def encode_graph(graph: Graph) -> bytes:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path or free space") from None
         raise
 
 
