@@ -108,6 +108,8 @@ _TYPE_FIELD = [b"\x18" + bytes([t]) for t in range(8)]
 
 def _packed(values: list[int]) -> bytes:
     """Packed uint64 values (dependency ids)."""
+    if len(values) == 1 and values[0] >= 0:  # the common chain: one parent
+        return varint(values[0])
     if all(0 <= v < 128 for v in values):
         return bytes(values)
     if min(values) < 0:
