@@ -97,7 +97,11 @@ def _build_serving_workload(layers: LayerList, plan: ParallelPlan, iteration_id:
         steps = []
         for row, duration in zip(rows, micros_durations(rows), strict=True):
             reduce_name = all_reduce_name(row) if reduce_in_tp and row.comm == "all_reduce" else None
-            steps.append((comp_name(row), duration, row.flops, row.bytes, reduce_name, row.comm_bytes))
+            # At least 1 op and 1 byte: ASTRA-Sim's roofline mode divides num_ops by a performance that is 0 when
+            # num_ops is 0 (0/0), and skips nodes whose tensor_size is 0. With num_ops 1 the roofline time is
+            # tensor_size / bandwidth: the memory time of a gather such as the embedding.
+            ops, size = max(row.flops, 1), max(row.bytes, 1)
+            steps.append((comp_name(row), duration, ops, size, reduce_name, row.comm_bytes))
         stage_steps.append(steps)
     boundary_bytes = [layers.activation_bytes(stage) for stage in range(pp - 1)]
     boundary_tags = [activation_tag(iteration_id, stage) for stage in range(pp - 1)]

@@ -236,3 +236,12 @@ def test_async_collective_members_wait_for_the_last() -> None:
     alone = _ring_formula(CollectiveType.ALL_REDUCE, 1 << 20, 2, 4, 50.0, 500.0, 1600.0)
     assert 1_000_000 < result.finish_ns[0] <= 1_000_000 + alone
     assert result.finish_ns[1] <= 1_000_000 + alone
+
+
+def test_roofline_with_zero_ops_is_refused() -> None:
+    builder = GraphBuilder(0)
+    builder.comp("COMP_NODE_gather", 0, num_ops=0, tensor_size=4096)
+    other = GraphBuilder(1)
+    other.comp("COMP_NODE_idle", 1, num_ops=1, tensor_size=1)
+    with pytest.raises(PipesimError, match=r"num_ops 0 in roofline mode; ASTRA-Sim divides 0 by a zero performance"):
+        simulate(Workload([builder.graph, other.graph]), _config(2, roofline_enabled=True))

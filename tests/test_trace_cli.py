@@ -270,3 +270,24 @@ def test_weights_of_the_time_balanced_split_must_fit(tmp_path: Path) -> None:
     trace_job._check_weights_fit(placed, ParallelPlan(1, 2, 1, ((0, 16), (16, 32))), "bfloat16")
     with pytest.raises(PipesimError, match=r"stage 0 of the time-balanced split \(blocks 0-23\) needs 11\.52 GB"):
         trace_job._check_weights_fit(placed, ParallelPlan(1, 2, 1, ((0, 24), (24, 32))), "bfloat16")
+
+
+def test_trace_replays_in_roofline_mode(tmp_path: Path) -> None:
+    """Every compute node carries num_ops and tensor_size >= 1, so ASTRA-Sim's roofline mode can time the trace:
+    the embedding (0 FLOPs, written as 1 op) becomes memory-bound, tensor_size / local-mem-bw."""
+    from dataclasses import replace
+
+    from astra_driver.astra_config import load_astra_config
+    from astra_driver.engine import simulate
+
+    run_trace(TraceRequest(name="r", iteration=BATCH, out_dir=tmp_path, cluster_config=PP_CLUSTER))
+    folder = tmp_path / "r"
+    config = load_astra_config(folder / "system.json", folder / "network.yml", folder / "memory.json")
+    config = replace(config, system=replace(config.system, roofline_enabled=True))
+    result = simulate(read_workload(folder / "llm"), config, record_node_times=True)
+    embedding = read_workload(folder / "llm").graphs[0].nodes[0]
+    assert embedding.name == "COMP_NODE_embedding" and embedding.num_ops == 1
+    (node_id, _, _, issue, end) = result.node_times[0][0]
+    assert (node_id, issue) == (0, 0)
+    assert end == int(embedding.tensor_size / config.system.local_mem_bw)
+    assert all(finish > 0 for finish in result.finish_ns)

@@ -367,6 +367,11 @@ class Engine:
             )
         if node.tensor_size == 0:
             return 0  # ASTRA-Sim skips the node
+        if node.num_ops <= 0:
+            raise PipesimError(
+                f"rank {rank} node {node.id} {node.name}: num_ops {node.num_ops} in roofline mode; ASTRA-Sim "
+                "divides 0 by a zero performance there (give num_ops >= 1, or set roofline-enabled 0)"
+            )
         intensity = node.num_ops / node.tensor_size
         perf = min(self._peak_flops, self._local_mem * 1e9 * intensity)  # FLOP/s
         return int(node.num_ops / perf * 1e9)
