@@ -103,6 +103,8 @@ KNOWN_ATTRIBUTES = frozenset(
 )
 
 
+# Node names repeat across TP ranks and iterations (COMP_NODE_qkv_proj_b3): keep their encoded field.
+_NAME_FIELDS: dict[str, bytes] = {}
 _TYPE_FIELD = [b"\x18" + bytes([t]) for t in range(8)]
 
 
@@ -230,8 +232,13 @@ def encode_node(node: Node) -> bytes:
     if node.id:
         parts.append(b"\x08" + varint(node.id))
     if node.name:
-        name = node.name.encode()
-        parts.append(b"\x12" + varint(len(name)) + name)
+        name_field = _NAME_FIELDS.get(node.name)
+        if name_field is None:
+            name = node.name.encode()
+            name_field = b"\x12" + varint(len(name)) + name
+            if len(_NAME_FIELDS) < _CACHE_LIMIT:
+                _NAME_FIELDS[node.name] = name_field
+        parts.append(name_field)
     if node.type:
         parts.append(_TYPE_FIELD[node.type])
     if node.ctrl_deps:
@@ -289,7 +296,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):
@@ -299,10 +306,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once: os.umask can only be read by setting it, two system calls per file otherwise.
+_UMASK = _read_umask()
 
 
 def et_path(prefix: Path | str, rank: int) -> Path:
