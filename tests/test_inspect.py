@@ -93,3 +93,14 @@ def test_cli_validate_fails_with_node_ids(tmp_path, capsys) -> None:
 def test_cli_inspect_missing_prefix(tmp_path, capsys) -> None:
     assert main(["inspect", str(tmp_path / "nothing")]) == 2
     assert "nothing.0.et: no such file" in capsys.readouterr().err
+
+
+def test_graphml_of_a_prefix_is_one_document(tmp_path) -> None:
+    write_workload(tmp_path / "llm", _two_rank_workload())
+    assert main(["inspect", str(tmp_path / "llm"), "--graphml", "-o", str(tmp_path / "g.graphml")]) == 0
+    root = ET.parse(tmp_path / "g.graphml").getroot()
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    graphs = root.findall("g:graph", ns)
+    assert [g.get("id") for g in graphs] == ["rank0", "rank1"]
+    assert len(graphs[1].findall("g:node", ns)) == 3
+    assert graphs[1].find("g:edge", ns).get("source") == "r1n0"

@@ -62,7 +62,7 @@ def inspect(
     elif dot:
         text = "".join(chakra_inspect.to_dot(graph) for graph in graphs)
     elif graphml:
-        text = "".join(chakra_inspect.to_graphml(graph) for graph in graphs)
+        text = chakra_inspect.to_graphml(graphs)
     elif summary_json:
         text = json.dumps([chakra_inspect.summarize(graph).to_dict() for graph in graphs], indent=2) + "\n"
     else:

@@ -179,23 +179,31 @@ def to_dot(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_graphml(graph: Graph) -> str:
+def to_graphml(graphs: Graph | list[Graph]) -> str:
+    """One GraphML document; each rank is a <graph> of its own (a prefix gives one document, not several)."""
+    if isinstance(graphs, Graph):
+        graphs = [graphs]
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">',
         '  <key id="name" for="node" attr.name="name" attr.type="string"/>',
         '  <key id="type" for="node" attr.name="type" attr.type="string"/>',
         '  <key id="dependency" for="edge" attr.name="dependency" attr.type="string"/>',
-        f'  <graph id="rank{graph.rank}" edgedefault="directed">',
     ]
-    for node in graph.nodes:
-        lines.append(
-            f'    <node id="{node.id}"><data key="name">{escape(node.name)}</data>'
-            f'<data key="type">{node.type.name}</data></node>'
-        )
-    for src, dst, kind in _edges(graph):
-        lines.append(f'    <edge source="{src}" target="{dst}"><data key="dependency">{escape(kind)}</data></edge>')
-    lines += ["  </graph>", "</graphml>"]
+    for graph in graphs:
+        lines.append(f'  <graph id="rank{graph.rank}" edgedefault="directed">')
+        prefix = f"r{graph.rank}n" if len(graphs) > 1 else ""  # node ids are unique per document
+        for node in graph.nodes:
+            lines.append(
+                f'    <node id="{prefix}{node.id}"><data key="name">{escape(node.name)}</data>'
+                f'<data key="type">{node.type.name}</data></node>'
+            )
+        for src, dst, kind in _edges(graph):
+            lines.append(
+                f'    <edge source="{prefix}{src}" target="{prefix}{dst}"><data key="dependency">{kind}</data></edge>'
+            )
+        lines.append("  </graph>")
+    lines.append("</graphml>")
     return "\n".join(lines) + "\n"
 
 
