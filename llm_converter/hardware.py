@@ -1,7 +1,10 @@
 """Accelerator specs (HardwareSpec) and the hardware catalog in `<configs>/hardware/*.yaml`.
 
-Figures come from vendor datasheets (the source is noted in each YAML file); the two efficiency factors
-are the achievable fraction of peak the roofline latency model uses.
+Figures come from vendor datasheets and whitepapers (the source is noted in each YAML file). The roofline
+latency model's factors sit beside them: the achieved L2 bandwidth, the per-kernel launch cost, and per op
+class (gemm, attention, elementwise, sampler; see layer_ops.op_class) the achievable fraction of peak
+compute and of memory bandwidth and the kernels one call launches. RTXPRO6000 and RTX4090 have them fitted to
+measured bundles (scripts/calibrate_roofline.py); the others carry documented defaults.
 """
 
 from __future__ import annotations
@@ -14,7 +17,20 @@ from typing import Any
 import yaml
 
 from llm_converter.errors import PipesimError
+from llm_converter.layer_ops import OP_CLASSES
 from llm_converter.models import config_dir
+
+
+@dataclass(frozen=True, slots=True)
+class OpClassFactors:
+    """Roofline factors of one op class on one GPU."""
+
+    compute_efficiency: float  # achievable fraction of peak_tflops
+    memory_efficiency: float  # achievable fraction of hbm_gbps
+    kernels: float  # kernel launches per call (effective: the fixed cost is kernels * launch_ns)
+
+
+_FACTOR_FIELDS = tuple(f.name for f in fields(OpClassFactors))
 
 
 @dataclass(frozen=True)
@@ -23,37 +39,76 @@ class HardwareSpec:
     peak_tflops: float  # dense bf16/fp16 tensor TFLOPS (FP32 accumulate)
     memory_gb: float  # device memory (GB, 1e9 bytes)
     hbm_gbps: float  # device memory bandwidth (GB/s)
-    compute_efficiency: float  # achievable fraction of peak_tflops
-    memory_efficiency: float  # achievable fraction of hbm_gbps
+    l2_mb: float  # L2 cache (MB, 1e6 bytes; datasheet/whitepaper)
+    l2_gbps: float  # achieved L2 bandwidth of a streaming kernel (GB/s; fitted or a documented default)
+    launch_ns: float  # fixed cost of one kernel in eager mode (PyTorch dispatch + CUDA launch + tail)
     interconnect_gbps: float  # intra-node NPU-to-NPU link, GB/s per direction (NVLink or PCIe)
     interconnect_latency_ns: float
+    gemm: OpClassFactors
+    attention: OpClassFactors
+    elementwise: OpClassFactors
+    sampler: OpClassFactors
 
     def __post_init__(self) -> None:
-        for f in ("peak_tflops", "memory_gb", "hbm_gbps", "interconnect_gbps"):
+        for f in ("peak_tflops", "memory_gb", "hbm_gbps", "l2_mb", "l2_gbps", "interconnect_gbps"):
             if getattr(self, f) <= 0:
                 raise PipesimError(f"hardware {self.name}: {f} must be > 0 (got {getattr(self, f)})")
-        for f in ("compute_efficiency", "memory_efficiency"):
-            if not 0 < getattr(self, f) <= 1:
-                raise PipesimError(f"hardware {self.name}: {f} must be in (0, 1] (got {getattr(self, f)})")
-        if self.interconnect_latency_ns < 0:
-            raise PipesimError(f"hardware {self.name}: interconnect_latency_ns must be >= 0")
+        for f in ("launch_ns", "interconnect_latency_ns"):
+            if getattr(self, f) < 0:
+                raise PipesimError(f"hardware {self.name}: {f} must be >= 0 (got {getattr(self, f)})")
+        for cls in OP_CLASSES:
+            factors = self.factors(cls)
+            for f in ("compute_efficiency", "memory_efficiency"):
+                value = getattr(factors, f)
+                if not 0 < value <= 1:
+                    raise PipesimError(f"hardware {self.name}: {cls}.{f} must be in (0, 1] (got {value})")
+            if factors.kernels < 0:
+                raise PipesimError(f"hardware {self.name}: {cls}.kernels must be >= 0 (got {factors.kernels})")
+
+    def factors(self, op_class: str) -> OpClassFactors:
+        """The roofline factors of `op_class` (one of layer_ops.OP_CLASSES)."""
+        return getattr(self, op_class)  # type: ignore[no-any-return]
 
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gb * 1e9)
 
     @property
+    def l2_bytes(self) -> int:
+        return int(self.l2_mb * 1e6)
+
+    @property
+    def compute_efficiency(self) -> float:
+        """The headline (GEMM) fraction of peak_tflops."""
+        return self.gemm.compute_efficiency
+
+    @property
+    def memory_efficiency(self) -> float:
+        """The headline (GEMM weight-streaming) fraction of hbm_gbps."""
+        return self.gemm.memory_efficiency
+
+    @property
     def flops_per_ns(self) -> float:
-        """Achievable FLOPs per nanosecond (TFLOPS * 1e12 / 1e9 = TFLOPS * 1e3)."""
+        """Achievable GEMM FLOPs per nanosecond (TFLOPS * 1e12 / 1e9 = TFLOPS * 1e3)."""
         return self.peak_tflops * 1e3 * self.compute_efficiency
 
     @property
     def bytes_per_ns(self) -> float:
-        """Achievable memory bytes per nanosecond (GB/s = bytes/ns)."""
+        """Achievable GEMM memory bytes per nanosecond (GB/s = bytes/ns)."""
         return self.hbm_gbps * self.memory_efficiency
 
 
-_SPEC_FIELDS = {f.name for f in fields(HardwareSpec)}
+_SCALAR_FIELDS = {f.name for f in fields(HardwareSpec)} - set(OP_CLASSES)
+_YAML_FIELDS = _SCALAR_FIELDS | {"op_classes"}
+
+
+def _factors_from(path: Path, cls: str, entry: Any) -> OpClassFactors:
+    if not isinstance(entry, dict) or set(entry) != set(_FACTOR_FIELDS):
+        raise PipesimError(f"{path}: op_classes.{cls} must map exactly {', '.join(_FACTOR_FIELDS)}; fix the YAML")
+    try:
+        return OpClassFactors(**{k: float(entry[k]) for k in _FACTOR_FIELDS})
+    except (TypeError, ValueError) as exc:
+        raise PipesimError(f"{path}: op_classes.{cls}: {exc}; factors must be numbers") from None
 
 
 def _spec_from_file(path: Path) -> HardwareSpec:
@@ -63,18 +118,21 @@ def _spec_from_file(path: Path) -> HardwareSpec:
         raise PipesimError(f"{path}: invalid YAML ({' '.join(str(exc).split())}); fix the syntax") from None
     if not isinstance(entry, dict):
         raise PipesimError(f"{path}: expected a mapping of HardwareSpec fields; fix the YAML")
-    unknown = sorted(set(entry) - _SPEC_FIELDS)
-    missing = sorted(_SPEC_FIELDS - set(entry))
+    unknown = sorted(set(entry) - _YAML_FIELDS)
+    missing = sorted(_YAML_FIELDS - set(entry))
     if unknown or missing:
         raise PipesimError(
             f"{path}: unknown field(s) [{', '.join(unknown)}], missing field(s) [{', '.join(missing)}]; "
-            f"fields are {', '.join(sorted(_SPEC_FIELDS))}"
+            f"fields are {', '.join(sorted(_YAML_FIELDS))}"
         )
+    classes = entry["op_classes"]
+    if not isinstance(classes, dict) or set(classes) != set(OP_CLASSES):
+        got = ", ".join(sorted(map(str, classes))) if isinstance(classes, dict) else repr(classes)
+        raise PipesimError(f"{path}: op_classes must map exactly {', '.join(OP_CLASSES)} (got {got}); fix the YAML")
+    factors = {cls: _factors_from(path, cls, classes[cls]) for cls in OP_CLASSES}
     try:
-        return HardwareSpec(
-            name=str(entry["name"]),
-            **{k: float(v) for k, v in entry.items() if k != "name"},
-        )
+        scalars = {k: float(v) for k, v in entry.items() if k not in ("name", "op_classes")}
+        return HardwareSpec(name=str(entry["name"]), **scalars, **factors)
     except (TypeError, ValueError) as exc:
         raise PipesimError(f"{path}: {exc}; numeric fields must be numbers") from None
 

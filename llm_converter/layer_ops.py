@@ -53,6 +53,41 @@ MOE_MLP_LAYERS = ("moe_gate", "experts")
 # Layers whose output is a partial sum across TP ranks (all-reduced when tp > 1).
 TP_ALL_REDUCE_LAYERS = frozenset({"o_proj", "down_proj", "experts"})
 
+# Op classes: the roofline gives each its own efficiencies and per-call overhead, because they run different
+# kernels. gemm: cuBLAS matmuls that stream weights (compute-bound at large T); attention: FlashAttention plus
+# the KV-cache write (several kernels, reads the KV cache); elementwise: one fused memory-bound kernel over
+# activations the previous layer just wrote (norms, rotary, activation, embedding gather); sampler: a chain
+# of small kernels over the float32 logits.
+OP_CLASSES = ("gemm", "attention", "elementwise", "sampler")
+LAYER_OP_CLASS: dict[str, str] = {
+    **dict.fromkeys(
+        ("qkv_proj", "o_proj", "gate_up_proj", "up_proj", "down_proj", "lm_head", "moe_gate", "experts"), "gemm"
+    ),
+    "attention": "attention",
+    **dict.fromkeys(
+        (
+            "embedding",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "final_layernorm",
+            "qk_norm",
+            "rotary_emb",
+            "act_fn",
+        ),
+        "elementwise",
+    ),
+    "sampler": "sampler",
+}
+
+
+def op_class(name: str) -> str:
+    """The op class ("gemm", "attention", "elementwise" or "sampler") of layer `name`."""
+    cls = LAYER_OP_CLASS.get(name)
+    if cls is None:
+        raise PipesimError(f"unknown layer {name!r}: no op class (known: {', '.join(sorted(LAYER_OP_CLASS))})")
+    return cls
+
+
 # Nominal FLOPs per element of the elementwise layers.
 RMSNORM_FLOPS = 4  # square, accumulate, scale by rsqrt, multiply by weight
 LAYERNORM_FLOPS = 5  # plus the mean subtraction

@@ -16,7 +16,7 @@ from llm_converter.hardware import get_hardware
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency.profile_bundle import ProfileBundleModel
 from llm_converter.latency.roofline import RooflineModel
-from llm_converter.layer_ops import iteration_ops
+from llm_converter.layer_ops import OP_CLASSES, iteration_ops
 from llm_converter.models import get_model
 
 TOKEN_COUNTS = (1, 16, 128, 512, 2048)
@@ -45,10 +45,15 @@ def main() -> None:
     bundle = ProfileBundleModel.load(args.profiles / hardware.name / model.name, model, args.tp, args.dtype, hardware)
     roofline = RooflineModel(hardware)
     print(
-        f"{model.name} tp{args.tp} {args.dtype} on {hardware.name}: roofline (compute eff "
-        f"{hardware.compute_efficiency}, memory eff {hardware.memory_efficiency}, launch "
-        f"{roofline.launch_overhead_ns} ns) vs bundle {bundle.tables.directory}"
+        f"{model.name} tp{args.tp} {args.dtype} on {hardware.name}: roofline (launch {hardware.launch_ns:g} ns, "
+        f"L2 {hardware.l2_mb:g} MB at {hardware.l2_gbps:g} GB/s) vs bundle {bundle.tables.directory}"
     )
+    for cls in OP_CLASSES:
+        f = hardware.factors(cls)
+        print(
+            f"  {cls:<12} compute eff {f.compute_efficiency:g}, memory eff {f.memory_efficiency:g}, "
+            f"{f.kernels:g} kernels"
+        )
     print("\nerror = (roofline - bundle) / bundle; times in us (bundle / roofline); * = bundle extrapolated")
     header = f"| {'layer':<24} |" + "".join(f" {f'{t} tok':>23} |" for t in TOKEN_COUNTS)
     print(header)

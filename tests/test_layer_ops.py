@@ -8,12 +8,14 @@ from llm_converter.errors import PipesimError
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.layer_ops import (
     BLOCK_LAYERS,
+    OP_CLASSES,
     POST_LAYERS,
     PRE_LAYERS,
     attention_pairs,
     block_layer_names,
     expected_active_experts,
     iteration_ops,
+    op_class,
 )
 from llm_converter.models import get_model, list_models
 
@@ -139,3 +141,20 @@ def test_empty_iteration_is_zero_work() -> None:
         pre, block, post = iteration_ops(get_model(name), Iteration(), 1, "bfloat16")
         assert all(o.tokens == 0 for o in pre + block + post)
         assert sum(o.flops for o in pre + block + post) == 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_layer_has_an_op_class(name: str) -> None:
+    model = get_model(name)
+    pre, block, post = iteration_ops(model, Iteration(prefill=(PrefillChunk(8),), decode=(16,)), 1, "bfloat16")
+    classes = {op.name: op_class(op.name) for op in pre + block + post}
+    assert set(classes.values()) <= set(OP_CLASSES)
+    assert classes["attention"] == "attention" and classes["sampler"] == "sampler"
+    assert classes["lm_head"] == classes["qkv_proj"] == classes["o_proj"] == "gemm"
+    assert classes["final_layernorm"] == classes["embedding"] == "elementwise"
+    if model.is_moe:
+        assert classes["moe_gate"] == classes["experts"] == "gemm"
+    else:
+        assert classes["down_proj"] == "gemm" and classes["act_fn"] == "elementwise"
+    with pytest.raises(PipesimError, match="no op class"):
+        op_class("mystery")
