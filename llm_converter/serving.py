@@ -28,8 +28,7 @@ _COMP = NodeType.COMP_NODE
 _COLL = NodeType.COMM_COLL_NODE
 
 # Node names are the same for every iteration: cache them rather than format thousands per iteration.
-_comp_names: dict[tuple[str, int], str] = {}
-_coll_names: dict[tuple[str, int], str] = {}
+_node_names: dict[tuple[str, str, str, int], str] = {}
 
 
 def activation_tag(iteration_id: int, boundary: int) -> int:
@@ -41,22 +40,22 @@ def activation_tag(iteration_id: int, boundary: int) -> int:
     return (iteration_id % TAG_ITERATION_PERIOD) * TAG_STAGE_STRIDE + boundary
 
 
-def comp_name(row: LayerRow) -> str:
-    key = (row.name, row.block)
-    name = _comp_names.get(key)
+def _node_name(kind: str, row: LayerRow, suffix: str = "") -> str:
+    """`<kind>_<layer><suffix>_b<block>` (no block part outside the blocks), cached: names repeat every iteration."""
+    key = (kind, row.name, suffix, row.block)
+    name = _node_names.get(key)
     if name is None:
-        name = f"COMP_NODE_{row.name}_b{row.block}" if row.block >= 0 else f"COMP_NODE_{row.name}"
-        _comp_names[key] = name
+        name = f"{kind}_{row.name}{suffix}" + (f"_b{row.block}" if row.block >= 0 else "")
+        _node_names[key] = name
     return name
+
+
+def comp_name(row: LayerRow) -> str:
+    return _node_name("COMP_NODE", row)
 
 
 def all_reduce_name(row: LayerRow) -> str:
-    key = (row.name, row.block)
-    name = _coll_names.get(key)
-    if name is None:
-        name = f"COMM_COLL_NODE_{row.name}_ar_b{row.block}" if row.block >= 0 else f"COMM_COLL_NODE_{row.name}_ar"
-        _coll_names[key] = name
-    return name
+    return _node_name("COMM_COLL_NODE", row, "_ar")
 
 
 def micros_durations(rows: list[LayerRow]) -> list[int]:
