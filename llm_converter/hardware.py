@@ -1,7 +1,8 @@
 """Accelerator specs (HardwareSpec) and the hardware catalog in `<configs>/hardware/*.yaml`.
 
 Figures come from vendor datasheets and whitepapers (the source is noted in each YAML file). The roofline
-latency model's factors sit beside them: the achieved L2 bandwidth, the per-kernel launch cost, and per op
+latency model's factors sit beside them: the achieved L2 bandwidth and effective L2 capacity fraction, the
+SM count (attention occupancy), the per-kernel launch cost, and per op
 class (gemm, attention, elementwise, sampler; see layer_ops.op_class) the achievable fraction of peak
 compute and of memory bandwidth and the kernels one call launches. RTXPRO6000 and RTX4090 have them fitted to
 measured bundles (scripts/calibrate_roofline.py); the others carry documented defaults.
@@ -41,6 +42,8 @@ class HardwareSpec:
     hbm_gbps: float  # device memory bandwidth (GB/s)
     l2_mb: float  # L2 cache (MB, 1e6 bytes; datasheet/whitepaper)
     l2_gbps: float  # achieved L2 bandwidth of a streaming kernel (GB/s; fitted or a documented default)
+    l2_fraction: float  # share of l2_mb that holds a streamed activation (fitted or a documented default)
+    sms: int  # streaming multiprocessors (datasheet/whitepaper): thread blocks one wave runs
     launch_ns: float  # fixed cost of one kernel in eager mode (PyTorch dispatch + CUDA launch + tail)
     interconnect_gbps: float  # intra-node NPU-to-NPU link, GB/s per direction (NVLink or PCIe)
     interconnect_latency_ns: float
@@ -53,6 +56,10 @@ class HardwareSpec:
         for f in ("peak_tflops", "memory_gb", "hbm_gbps", "l2_mb", "l2_gbps", "interconnect_gbps"):
             if getattr(self, f) <= 0:
                 raise PipesimError(f"hardware {self.name}: {f} must be > 0 (got {getattr(self, f)})")
+        if not 0 < self.l2_fraction <= 1:
+            raise PipesimError(f"hardware {self.name}: l2_fraction must be in (0, 1] (got {self.l2_fraction})")
+        if self.sms < 1:
+            raise PipesimError(f"hardware {self.name}: sms must be >= 1 (got {self.sms})")
         for f in ("launch_ns", "interconnect_latency_ns"):
             if getattr(self, f) < 0:
                 raise PipesimError(f"hardware {self.name}: {f} must be >= 0 (got {getattr(self, f)})")
@@ -75,7 +82,8 @@ class HardwareSpec:
 
     @property
     def l2_bytes(self) -> int:
-        return int(self.l2_mb * 1e6)
+        """Effective L2 capacity for streamed activations: l2_mb * l2_fraction."""
+        return int(self.l2_mb * 1e6 * self.l2_fraction)
 
     @property
     def compute_efficiency(self) -> float:
@@ -131,7 +139,10 @@ def _spec_from_file(path: Path) -> HardwareSpec:
         raise PipesimError(f"{path}: op_classes must map exactly {', '.join(OP_CLASSES)} (got {got}); fix the YAML")
     factors = {cls: _factors_from(path, cls, classes[cls]) for cls in OP_CLASSES}
     try:
-        scalars = {k: float(v) for k, v in entry.items() if k not in ("name", "op_classes")}
+        scalars: dict[str, Any] = {k: float(v) for k, v in entry.items() if k not in ("name", "op_classes", "sms")}
+        if not isinstance(entry["sms"], int) or isinstance(entry["sms"], bool):
+            raise PipesimError(f"{path}: sms must be an integer (got {entry['sms']!r}); fix the YAML")
+        scalars["sms"] = entry["sms"]
         return HardwareSpec(name=str(entry["name"]), **scalars, **factors)
     except (TypeError, ValueError) as exc:
         raise PipesimError(f"{path}: {exc}; numeric fields must be numbers") from None

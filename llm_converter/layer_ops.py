@@ -108,6 +108,8 @@ class LayerOp:
     params: int  # parameters per TP rank
     tp_all_reduce: bool  # output is all-reduced across the TP group (o_proj, down_proj, experts; tp > 1)
     tp_comm_bytes: int = 0  # size of that all-reduce (tokens x hidden x dtype bytes), 0 when none
+    tile_flops: int = 0  # FLOPs the kernel executes, padding included (attention); 0: the same as flops
+    ctas: int = 0  # thread blocks of the kernel's grid (attention; the roofline's SM occupancy); 0: fills the GPU
 
 
 def block_layer_names(model: ModelSpec) -> tuple[str, ...]:
@@ -238,6 +240,63 @@ def attended_kv_tokens(iteration: Iteration) -> int:
     )
 
 
+# FlashAttention-2 tiles. vLLM passes a paged KV cache (block table), which always runs FA2's split-KV
+# kernel: kBlockM = 64 query rows per thread block, kBlockN = 128 keys per KV tile (head_dim <= 128).
+QUERY_TILE = 64
+KV_TILE = 128
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionWork:
+    """What one FlashAttention call does for a batch, per TP rank (see attention_work)."""
+
+    pairs: int  # useful (query, key) pairs per query head
+    tile_pairs: int  # (query row, key) pairs per query head the kernel computes, query tiles padded
+    kv_reads: int  # KV rows read from device memory, per KV head
+    ctas: int  # thread blocks of the grid
+
+
+def attention_work(iteration: Iteration, heads: int, kv_heads: int) -> AttentionWork:
+    """The tiles of vLLM's FlashAttention-2 call (one varlen call for the whole batch):
+
+    - a prefill chunk of c tokens after k cached: ceil(c/64) query tiles per query head, tile i scoring
+      k + min(64(i+1), c) keys (causal, at 64-row granularity); one thread block per (tile, query head);
+    - decode-only batch (max query length 1): vLLM/FA2 packs the g = heads/kv_heads query heads sharing a KV
+      head into one tile's rows (ceil(g/64) tiles per KV head) and splits the KV into up to one block per
+      128-key tile to fill the GPU; the KV is read once per KV head;
+    - a decode in a mixed batch: a 64-row tile holding one query, per query head (no packing, no split); the
+      g heads of a group read the same KV, served once from device memory (their blocks run together and
+      share it through L2; at very large batches they do not, see docs/models_and_latency.md).
+    """
+    pairs = 0
+    tile_pairs = 0
+    kv_reads = 0
+    ctas = 0
+    for chunk in iteration.prefill:
+        c, k = chunk.tokens, chunk.context
+        tiles = -(-c // QUERY_TILE)
+        pairs += c * k + c * (c + 1) // 2
+        # sum over tiles i < t of (k + min(64(i+1), c)) rows of 64: the last tile stops at c.
+        tile_pairs += QUERY_TILE * (tiles * k + QUERY_TILE * tiles * (tiles - 1) // 2 + c)
+        kv_reads += k + c
+        ctas += heads * tiles
+    n = len(iteration.decode)
+    if n:
+        decode_kv = sum(iteration.decode) + n  # each decode attends its cache and itself
+        pairs += decode_kv
+        group = heads // kv_heads
+        if iteration.prefill:
+            tile_pairs += QUERY_TILE * decode_kv
+            kv_reads += decode_kv  # the group's heads run at once and share each KV tile through L2
+            ctas += heads * n
+        else:
+            packed_tiles = -(-group // QUERY_TILE)
+            tile_pairs += QUERY_TILE * packed_tiles * decode_kv // group  # per query head
+            kv_reads += decode_kv
+            ctas += kv_heads * packed_tiles * max(n, -(-decode_kv // KV_TILE))  # >= one split per decode
+    return AttentionWork(pairs, tile_pairs, kv_reads, ctas)
+
+
 def expected_active_experts(num_experts: int, top_k: int, tokens: int) -> float:
     """Distinct experts hit when `tokens` tokens each pick `top_k` of `num_experts` uniformly at random."""
     if tokens <= 0:
@@ -281,10 +340,21 @@ def _block_op(name: str, s: _Shard, iteration: Iteration, tokens: int) -> LayerO
         # Rotates q and k in place; reads one cos/sin row (head_dim values) per token.
         return LayerOp(name, "block", tokens, ROTARY_FLOPS * elems, (2 * elems + tokens * s.head_dim) * b, 0, False)
     if name == "attention":
-        flops = 4 * s.heads * s.head_dim * attention_pairs(iteration)  # QK^T and PV, 2 FLOPs per MAC each
+        work = attention_work(iteration, s.heads, s.kv_heads)
+        per_pair = 4 * s.heads * s.head_dim  # QK^T and PV, 2 FLOPs per MAC each, over all query heads
         kv_row = 2 * s.kv * b  # K and V of one token on this rank
-        bytes_ = 2 * tokens * s.q * b + tokens * kv_row + attended_kv_tokens(iteration) * kv_row
-        return LayerOp(name, "block", tokens, flops, bytes_, 0, False)
+        bytes_ = 2 * tokens * s.q * b + tokens * kv_row + work.kv_reads * kv_row
+        return LayerOp(
+            name,
+            "block",
+            tokens,
+            per_pair * work.pairs,
+            bytes_,
+            0,
+            False,
+            tile_flops=per_pair * work.tile_pairs,
+            ctas=work.ctas,
+        )
     if name == "o_proj":
         return _linear(name, s, tokens, s.q, s.h, s.o_params)
     if name == "gate_up_proj" or name == "up_proj":

@@ -3,6 +3,7 @@ overhead), and the calibration script against the shared bundles (fit reproduces
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ HW = HardwareSpec(
     hbm_gbps=1000.0,
     l2_mb=1.0,
     l2_gbps=4000.0,
+    l2_fraction=1.0,
+    sms=4,
     launch_ns=1000.0,
     interconnect_gbps=100.0,
     interconnect_latency_ns=0.0,
@@ -74,6 +77,26 @@ def test_sampler_overhead_is_its_kernel_chain() -> None:
     assert RooflineModel(HW).layer_ns(op("sampler", 1_000, 400_000, tokens=1), IT) == 100 + 10_000
     # 10 MB spills: 1e7 / (1000 * 0.5) = 20,000 ns.
     assert RooflineModel(HW).layer_ns(op("sampler", 1_000, 10_000_000, tokens=8), IT) == 20_000 + 10_000
+
+
+def test_occupancy_scales_by_idle_sms_of_the_last_wave() -> None:
+    # 1e9 tile FLOPs / 25,000 FLOPs/ns = 40,000 ns on a full GPU; 3 CTAs on 4 SMs: one wave, 3/4 busy.
+    full = LayerOp("attention", "block", 64, 1, 1_000, 0, False, tile_flops=1_000_000_000, ctas=4)
+    assert RooflineModel(HW).layer_ns(full, IT) == 40_000 + 3000
+    three = LayerOp("attention", "block", 64, 1, 1_000, 0, False, tile_flops=1_000_000_000, ctas=3)
+    assert RooflineModel(HW).layer_ns(three, IT) == round(40_000 * 4 / 3) + 3000
+    # 5 CTAs: two waves of 4 slots, 5/8 busy.
+    five = LayerOp("attention", "block", 64, 1, 1_000, 0, False, tile_flops=1_000_000_000, ctas=5)
+    assert RooflineModel(HW).layer_ns(five, IT) == round(40_000 * 8 / 5) + 3000
+
+
+def test_effective_l2_fraction_and_per_layer_calls() -> None:
+    half = dataclasses.replace(HW, l2_fraction=0.5)
+    # 0.6 MB fits the 1 MB L2 but not its effective half: device memory at 900 B/ns.
+    assert RooflineModel(HW).layer_ns(op("act_fn", 4_000, 600_000), IT) == 150 + 1000
+    assert RooflineModel(half).layer_ns(op("act_fn", 4_000, 600_000), IT) == round(600_000 / 900) + 1000
+    # qk_norm is two RMSNorm calls (q and k): twice the elementwise kernel cost.
+    assert RooflineModel(HW).layer_ns(op("qk_norm", 4_000, 400_000), IT) == 100 + 2 * 1000
 
 
 def test_zero_rows_take_no_time_and_unknown_layers_are_refused() -> None:

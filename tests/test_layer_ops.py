@@ -12,6 +12,7 @@ from llm_converter.layer_ops import (
     POST_LAYERS,
     PRE_LAYERS,
     attention_pairs,
+    attention_work,
     block_layer_names,
     expected_active_experts,
     iteration_ops,
@@ -158,3 +159,20 @@ def test_every_layer_has_an_op_class(name: str) -> None:
         assert classes["down_proj"] == "gemm" and classes["act_fn"] == "elementwise"
     with pytest.raises(PipesimError, match="no op class"):
         op_class("mystery")
+
+
+def test_attention_work_pads_query_tiles_and_counts_ctas() -> None:
+    # One prefill chunk of 100 tokens after 1000 cached, 32 heads / 8 KV heads: 2 query tiles of 64 rows,
+    # tile 0 scores 1000 + 64 keys, tile 1 1000 + 100: 64 * (2 * 1000 + 64 * 1 + 100) pairs per head.
+    work = attention_work(Iteration(prefill=(PrefillChunk(100, 1000),)), 32, 8)
+    assert work.pairs == 100 * 1000 + 100 * 101 // 2
+    assert work.tile_pairs == 64 * (2 * 1000 + 64 + 100)
+    assert work.ctas == 32 * 2 and work.kv_reads == 1100
+    # Decode-only: the 4 query heads of a group share one 64-row tile; KV split per 128-key tile.
+    work = attention_work(Iteration(decode=(1023, 255)), 32, 8)
+    assert work.tile_pairs == 64 * (1024 + 256) // 4
+    assert work.ctas == 8 * max(2, (1024 + 256) // 128) and work.kv_reads == 1280
+    # Mixed: each decode is one padded 64-row tile per query head, one block per query head.
+    work = attention_work(Iteration(prefill=(PrefillChunk(64),), decode=(127,)), 32, 8)
+    assert work.tile_pairs == 64 * 64 + 64 * 128
+    assert work.ctas == 32 * 1 + 32 * 1 and work.kv_reads == 64 + 128
