@@ -167,15 +167,18 @@ def test_fit_reproduces_the_catalog(cal: ModuleType, hardware: str) -> None:
         assert cal.get_param(fitted, name) == pytest.approx(cal.get_param(catalog, name), rel=0.03), name
 
 
-# Held-out bound: fitted on Llama-3.1-8B tp1, RTXPRO6000 stays within 20% median |error| on every GEMM and
-# decode attention of Qwen3-32B tp2 (another model and tp) and 25% on the in-L2 norms and rotary.
+# Held-out bound: fitted on Llama-3.1-8B tp1, RTXPRO6000 stays within 20% median |error| on every GEMM of
+# Qwen3-32B tp2 (another model and tp), 12-15% on decode/prefill attention (tile and occupancy terms), 30% on
+# mixed batches (never fitted) and 25% on the in-L2 norms and rotary.
 HELD_OUT_BOUNDS = {
     "qkv_proj": 0.20,
     "o_proj": 0.20,
     "gate_up_proj": 0.20,
     "down_proj": 0.20,
     "lm_head": 0.20,
-    "attention decode": 0.20,
+    "attention decode": 0.12,
+    "attention prefill": 0.15,
+    "attention mixed": 0.30,
     "input_layernorm": 0.25,
     "final_layernorm": 0.25,
     "rotary_emb": 0.25,
@@ -188,4 +191,4 @@ def test_held_out_error_is_bounded(cal: ModuleType) -> None:
     errors = cal.median_abs_errors(samples, get_hardware("RTXPRO6000"))
     for group, bound in HELD_OUT_BOUNDS.items():
         assert errors[group] < bound, (group, errors[group])
-    assert float(np.median(list(errors.values()))) < 0.15  # the median layer
+    assert float(np.median(list(errors.values()))) < 0.12  # the median layer
