@@ -231,3 +231,20 @@ def test_write_atomic_reports_an_unwritable_place(tmp_path) -> None:
     blocker.write_text("x")
     with pytest.raises(PipesimError, match=r"file/llm\.0\.et: cannot write \(File exists\); choose another path"):
         write_workload(blocker / "llm", Workload([_spec_pipe0()]))
+
+
+def _one_node_file(tmp_path, node) -> object:
+    data = b""
+    for message in (schema.GlobalMetadata(version="0.0.4"), node):
+        body = message.SerializeToString()
+        data += varint(len(body)) + body
+    path = tmp_path / "t.0.et"
+    path.write_bytes(data)
+    return path
+
+
+def test_negative_node_type_is_refused_not_read_as_a_collective(tmp_path) -> None:
+    # proto3 enums are open: type -1 parses (a 10-byte varint), and must not index NodeType from the end.
+    path = _one_node_file(tmp_path, schema.Node(id=3, name="x", type=-1))
+    with pytest.raises(PipesimError, match=r"node 3 has unknown type -1"):
+        read_graph(path)

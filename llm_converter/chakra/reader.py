@@ -113,7 +113,7 @@ _NO_ATTRS: tuple = ((None,) * 10, None, ())
 def node_from_message(message, path: Path | str = "", offset: int = 0) -> Node:
     """Convert a parsed ChakraProtoMsg.Node into a pipesim Node."""
     node_type = message.type
-    if node_type > 7:
+    if not 0 <= node_type <= 7:  # proto3 enums are open: a negative type parses too
         raise PipesimError(f"{path}: byte {offset}: node {message.id} has unknown type {node_type} (valid: 0..7)")
     node = Node(
         message.id,
