@@ -248,3 +248,19 @@ def test_negative_node_type_is_refused_not_read_as_a_collective(tmp_path) -> Non
     path = _one_node_file(tmp_path, schema.Node(id=3, name="x", type=-1))
     with pytest.raises(PipesimError, match=r"node 3 has unknown type -1"):
         read_graph(path)
+
+
+def test_duplicate_known_attributes_survive_a_rewrite(tmp_path) -> None:
+    node = schema.Node(id=1, name="COMP_NODE_y", type=4)
+    node.attr.add(name="num_ops", int64_val=5)
+    node.attr.add(name="tensor_size", uint64_val=8)
+    node.attr.add(name="num_ops", int64_val=7)
+    (read,) = read_graph(_one_node_file(tmp_path, node)).nodes
+    assert (read.num_ops, read.tensor_size) == (5, 8)  # the first occurrence wins, as in feeder_v3
+    reparsed = schema.Node()
+    reparsed.ParseFromString(encode_node(read))
+    assert sorted((a.name, a.WhichOneof("value"), getattr(a, a.WhichOneof("value"))) for a in reparsed.attr) == [
+        ("num_ops", "int64_val", 5),
+        ("num_ops", "int64_val", 7),
+        ("tensor_size", "uint64_val", 8),
+    ]

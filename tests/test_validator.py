@@ -112,3 +112,25 @@ def test_conformance_workloads_validate(case: str) -> None:
         workload.comm_groups = load_comm_groups(groups)
     report = validate_workload(workload)
     assert report.ok, [str(p) for p in report.problems]
+
+
+def test_duplicate_known_attribute_is_reported_as_such() -> None:
+    from llm_converter.chakra import schema
+
+    records = [schema.AttributeProto(name="num_ops", int64_val=v).SerializeToString() for v in (5, 7)]
+    node = Node(0, "COMP_NODE_x", NodeType.COMP_NODE, num_ops=5, extra_attrs=[("num_ops", r) for r in records])
+    assert _messages(Workload([Graph(rank=0, nodes=[node])])) == [
+        "rank 0 node 0: attribute num_ops appears 2 times; ASTRA-Sim's feeder_v3 reads the first, the legacy "
+        "feeder the last: keep one"
+    ]
+
+
+def test_noncanonical_kind_is_still_reported() -> None:
+    from llm_converter.chakra import schema
+
+    raw = schema.AttributeProto(name="comm_size", uint64_val=64).SerializeToString()
+    node = Node(0, "COMM_COLL_NODE_x", NodeType.COMM_COLL_NODE, comm_type=0, comm_size=64)
+    node.extra_attrs = [("comm_size", raw)]
+    assert _messages(Workload([Graph(rank=0, nodes=[node])])) == [
+        "rank 0 node 0: attribute comm_size has a non-canonical kind; write it as int64_val"
+    ]

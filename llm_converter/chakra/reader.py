@@ -137,36 +137,39 @@ _ATTRIBUTE_INDEX = {name: index for index, name in enumerate(CANONICAL_KINDS)}
 _ATTRIBUTE_CACHE: dict[bytes, tuple[int, object, tuple[str, bytes] | None]] = {}
 
 
-def _decode_attribute(attr) -> tuple[int, object, tuple[str, bytes] | None]:
-    """(index in CANONICAL_KINDS or -1, value read, (name, raw record) to keep verbatim or None)."""
+def _decode_attribute(attr) -> tuple[int, object, tuple[str, bytes], bool]:
+    """(index in CANONICAL_KINDS or -1, value read, (name, raw record), whether to keep the record verbatim)."""
     name = attr.name
     canonical = CANONICAL_KINDS.get(name)
     kind = attr.WhichOneof("value")
+    raw = (name, attr.SerializeToString())
     if canonical is None:
-        return -1, None, (name, attr.SerializeToString())
+        return -1, None, raw, True
     index = _ATTRIBUTE_INDEX[name]
     if kind != canonical:
         # Keep the record as written; still read its value where ASTRA-Sim would.
-        raw = (name, attr.SerializeToString())
         if name == "pg_name" and kind == "bytes_val":
-            return index, attr.bytes_val.decode(errors="replace"), raw
+            return index, attr.bytes_val.decode(errors="replace"), raw, True
         if canonical not in ("string_val", "bool_list") and kind in _INTEGER_KINDS:
-            return index, _coerce(name, getattr(attr, kind)), raw
-        return -1, None, raw
+            return index, _coerce(name, getattr(attr, kind)), raw, True
+        return -1, None, raw, True
     if name == "involved_dim":
-        return index, tuple(attr.bool_list.values), None
-    return index, getattr(attr, kind), None
+        return index, tuple(attr.bool_list.values), raw, False
+    return index, getattr(attr, kind), raw, False
 
 
 def _combine(items) -> tuple:
     """(is_cpu_op, num_ops, ..., pg_name, involved_dim, extras): the first occurrence of a name wins, as in
-    ASTRA-Sim's feeder_v3."""
+    ASTRA-Sim's feeder_v3. A known name given more than once keeps every occurrence verbatim in the extras,
+    so a rewrite loses none of them (the validator reports the duplicate)."""
     values: list[object] = [None] * len(CANONICAL_KINDS)
     extras = []
-    for index, value, raw in items:
+    known = [raw[0] for _, _, raw, _ in items if raw[0] in CANONICAL_KINDS]
+    repeated = {name for name in known if known.count(name) > 1} if len(known) > len(set(known)) else ()
+    for index, value, raw, keep in items:
         if index >= 0 and values[index] is None:
             values[index] = value
-        if raw is not None:
+        if keep or raw[0] in repeated:
             extras.append(raw)
     # Node's fields after start_time_micros follow CANONICAL_KINDS' order up to pg_name: pass them positionally.
     return tuple(values[:-1]), values[-1], tuple(extras)

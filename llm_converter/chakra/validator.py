@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
+from llm_converter.chakra import schema
 from llm_converter.chakra.reader import CANONICAL_KINDS
 from llm_converter.graph import SIMULATED_COLLECTIVES, CollectiveType, Graph, Node, NodeType, Workload
 
@@ -99,16 +102,28 @@ def _check_graph(graph: Graph, report: ValidationReport, roofline: bool) -> None
 
 
 def _check_attributes(node: Node, rank: int, problems: list[Problem], roofline: bool) -> None:
-    wrong_kinds = {name for name, _ in node.extra_attrs if name in CANONICAL_KINDS}
-    for name in sorted(wrong_kinds):
-        problems.append(
-            Problem(rank, (node.id,), f"attribute {name} has a non-canonical kind; write it as {CANONICAL_KINDS[name]}")
-        )
+    wrong_kinds: set[str] = set()
+    in_extras: set[str] = set()  # known attributes kept as raw records: present, though not as typed fields
+    if node.extra_attrs:
+        known = Counter(name for name, _ in node.extra_attrs if name in CANONICAL_KINDS)
+        for name, count in sorted(known.items()):
+            if count > 1:
+                message = (
+                    f"attribute {name} appears {count} times; ASTRA-Sim's feeder_v3 reads the first, the legacy "
+                    "feeder the last: keep one"
+                )
+                problems.append(Problem(rank, (node.id,), message))
+        for name, raw in node.extra_attrs:
+            if name in CANONICAL_KINDS and name not in wrong_kinds and _kind_of(raw) != CANONICAL_KINDS[name]:
+                wrong_kinds.add(name)
+                message = f"attribute {name} has a non-canonical kind; write it as {CANONICAL_KINDS[name]}"
+                problems.append(Problem(rank, (node.id,), message))
+        in_extras = set(known)
     required = _REQUIRED.get(node.type, ())
     if node.type == NodeType.COMP_NODE and roofline and not node.is_cpu_op:
         required = ("num_ops", "tensor_size")
     for name in required:
-        if getattr(node, name) is None and name not in wrong_kinds:
+        if getattr(node, name) is None and name not in in_extras:
             message = f"{node.type.name} {node.name!r} lacks required attribute {name}"
             problems.append(Problem(rank, (node.id,), message))
     if node.type in (NodeType.COMM_SEND_NODE, NodeType.COMM_RECV_NODE, NodeType.COMM_COLL_NODE):
@@ -126,6 +141,16 @@ def _check_attributes(node: Node, rank: int, problems: list[Problem], roofline: 
             problems.append(Problem(rank, (node.id,), f"collective {kind} is not supported by ASTRA-Sim"))
         if node.pg_name not in (None, "") and not node.pg_name.isdigit():
             problems.append(Problem(rank, (node.id,), f"pg_name {node.pg_name!r} must be a decimal string"))
+
+
+def _kind_of(raw: bytes) -> str | None:
+    """The value kind of a serialized AttributeProto (None when it does not parse or has no value)."""
+    attr = schema.AttributeProto()
+    try:
+        attr.ParseFromString(raw)
+    except DecodeError:
+        return None
+    return attr.WhichOneof("value")
 
 
 def find_cycle_nodes(graph: Graph) -> list[int]:
