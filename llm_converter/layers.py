@@ -11,6 +11,7 @@ import csv
 import io
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from llm_converter.chakra.writer import write_atomic
@@ -300,13 +301,13 @@ def _parse_row(path: Path, line: int, cells: dict[str, str], hidden: int, dtype_
                 raise PipesimError(f"{path}: line {line}: column {column!r} is empty; it needs an integer")
             return default
         try:
-            value = int(text) if re.fullmatch(r"[+-]?\d+", text) else _whole(float(text))
+            value = int(text) if re.fullmatch(r"[+-]?\d+", text) else _whole(text)
         except ValueError:
             raise PipesimError(f"{path}: line {line}: column {column!r} is {text!r}; it needs an integer") from None
         if value < minimum:
-            raise PipesimError(f"{path}: line {line}: column {column!r} is {value}; it must be >= {minimum}")
+            raise PipesimError(f"{path}: line {line}: column {column!r} is {text}; it must be >= {minimum}")
         if value > MAX_VALUE:
-            raise PipesimError(f"{path}: line {line}: column {column!r} is {value}; it must be <= {MAX_VALUE}")
+            raise PipesimError(f"{path}: line {line}: column {column!r} is {text}; it must be <= {MAX_VALUE}")
         return value
 
     name = cells["name"]
@@ -335,10 +336,17 @@ def _parse_row(path: Path, line: int, cells: dict[str, str], hidden: int, dtype_
     }
 
 
-def _whole(value: float) -> int:
-    # Spreadsheets write 1234.0 or 1.5e6; accept whole numbers, refuse fractions.
-    if not value.is_integer():
-        raise ValueError(value)
+def _whole(text: str) -> int:
+    """Spreadsheets write 1234.0 or 1.5e6: accept whole numbers, refuse fractions. Decimal, not float, so a
+    value over 2**53 keeps its last digits and 1.00000000000000001 is not taken for 1."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(text) from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise ValueError(text)
+    if abs(value) > MAX_VALUE:  # refused by the caller; don't build a huge int for 1e999999
+        return (MAX_VALUE + 1) * (-1 if value < 0 else 1)
     return int(value)
 
 

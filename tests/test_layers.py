@@ -185,3 +185,19 @@ def test_llama_405b_tp8_pp16_workload_is_valid_with_the_expected_node_counts() -
     assert len(workload.comm_groups) == 16
     workload_report = validate_workload(workload)
     assert workload_report.ok, workload_report.problems[:3]
+
+
+def test_csv_decimal_forms_are_exact(tmp_path: Path) -> None:
+    # 2**53 + 1 written the spreadsheet way must not lose its last digit to a float; a fraction a float cannot
+    # tell from 1 must still be refused.
+    path = tmp_path / "t.csv"
+    path.write_text("name,block,tokens,ns,flops\nx,0,1.0e0,1.234e3,9007199254740993.0\n")
+    (row,) = read_layer_csv(path, hidden_size=8, dtype_bytes=2, pp=1).rows
+    assert (row.tokens, row.ns, row.flops) == (1, 1234, 9007199254740993)
+    path.write_text("name,block,tokens,ns\nx,0,1,1.00000000000000001\n")
+    with pytest.raises(PipesimError, match=r"line 2: column 'ns' is '1.00000000000000001'; it needs an integer"):
+        read_layer_csv(path, hidden_size=8, dtype_bytes=2, pp=1)
+    for text in ("1e999999", "nan", "inf"):
+        path.write_text(f"name,block,tokens,ns\nx,0,1,{text}\n")
+        with pytest.raises(PipesimError, match=r"line 2: column 'ns' is"):
+            read_layer_csv(path, hidden_size=8, dtype_bytes=2, pp=1)
