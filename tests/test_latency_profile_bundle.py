@@ -207,3 +207,17 @@ def test_errors(tmp_path: Path) -> None:
     (bundle / "tp1" / "attention.csv").unlink()
     with pytest.raises(PipesimError, match="attention.csv: missing bundle file"):
         make_latency_model(LLAMA, hw, 1, "bfloat16", bundle)
+
+
+@needs_profiles
+def test_a_grid_without_the_batch_phase_is_a_one_line_error(tmp_path: Path) -> None:
+    bundle = tmp_path / "bf16"
+    shutil.copytree(LLAMA_DIR / "bf16", bundle)
+    attention = bundle / "tp1" / "attention.csv"
+    lines = attention.read_text().splitlines()
+    attention.write_text("\n".join([lines[0]] + [line for line in lines[1:] if line.split(",")[2] == "0"]) + "\n")
+    model = ProfileBundleModel.load(bundle, LLAMA, 1, "bfloat16", hardware=get_hardware("RTXPRO6000"))
+    prefill = Iteration(prefill=(PrefillChunk(64, 0),))
+    assert model.layer_ns(op("attention", 64), prefill) > 0
+    with pytest.raises(PipesimError, match=r"attention.csv: no attention rows .* decode 1x\(kv 100\.\.100\)"):
+        model.layer_ns(op("attention", 1), Iteration(decode=(100,)))

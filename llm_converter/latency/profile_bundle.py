@@ -399,7 +399,13 @@ class ProfileBundleModel:
         if op.tokens <= 0:
             return 0
         if op.name == "attention":
-            return round(self.attention_us(iteration) * 1000)
+            try:
+                return round(self.attention_us(iteration) * 1000)
+            except KeyError as exc:  # the grid lacks the batch's phase (no decode rows, no prefill rows)
+                raise PipesimError(
+                    f"{self.tables.directory / 'attention.csv'}: {exc.args[0]} for {iteration.describe()}; "
+                    "profile that phase or use the roofline"
+                ) from None
         curve = self._dense_rows.get(op.name)
         if curve is None:
             raise PipesimError(f"{self.tables.directory}: bundle has no rows for layer {op.name!r}")
