@@ -219,3 +219,25 @@ def test_non_divisible_size_runs_whole_chunks() -> None:
     expected = 4 * (6 * delta(1, m) + 3 * reduction(m) + 70)
     result = simulate(_chain(4, [AR], 10_000_000), _config([4], splits=3))
     assert result.finish_ns == [expected] * 4
+
+
+def _grouped(npus: int, size: int, pg_name: str | None, involved: list[bool] | None, groups: dict) -> Workload:
+    graphs = []
+    for rank in range(npus):
+        builder = GraphBuilder(rank)
+        builder.collective("COMM_COLL_NODE_ar", AR, size, pg_name=pg_name, involved_dim=involved)
+        graphs.append(builder.graph)
+    return Workload(graphs, comm_groups=groups)
+
+
+def test_group_of_every_npu_ignores_involved_dim() -> None:
+    """CommunicatorGroup::get_collective_plan: a group holding all NPUs runs on the whole topology with every
+    dimension involved (the spec: involved_dim is ignored when pg_name selects a group). So on a 2x2 network an
+    all-reduce in group {0..3} with involved_dim [false, true] takes exactly as long as the default-group
+    all-reduce over both dimensions, not as long as the default-group one restricted to dimension 1."""
+    config = _config([2, 2])
+    both = simulate(_grouped(4, 1 << 20, None, None, {}), config).finish_ns
+    dim1 = simulate(_grouped(4, 1 << 20, None, [False, True], {}), config).finish_ns
+    assert both != dim1
+    grouped = simulate(_grouped(4, 1 << 20, "1", [False, True], {"1": [3, 2, 1, 0]}), config).finish_ns
+    assert grouped == both

@@ -665,7 +665,9 @@ class Engine:
             dims = [(0, len(members), "ring")]
             phases = plan_phases(comm_type, chunk, dims, self._local_bw_aware, local=True)
         else:
-            involved = node.involved_dim
+            # CommunicatorGroup::get_collective_plan: a group holding every NPU runs on the whole topology with
+            # every dimension involved; the node's involved_dim only applies to the default group ("" / "0").
+            involved = node.involved_dim if not key[0] else None
             dims = []
             for dim, count in enumerate(self.network.counts):
                 flag = True if involved is None or dim >= len(involved) else bool(involved[dim])
