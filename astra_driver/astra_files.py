@@ -137,8 +137,13 @@ def _placed(cluster: ClusterConfig, instance: PlacedInstance | InstanceConfig | 
 
 
 def _yaml_float(value: float) -> str:
-    number = float(value)
-    return repr(number) if math.isfinite(number) else str(number)
+    # YAML 1.1 (PyYAML, so pipesim's own loader) reads a float only with a dot in its mantissa: repr's
+    # 1e-05 or 1e+16 would load back as strings. 1.0e-05 reads as the same number there and in yaml-cpp.
+    text = repr(float(value))
+    mantissa, exponent, rest = text.partition("e")
+    if exponent and "." not in mantissa:
+        text = f"{mantissa}.0e{rest}"
+    return text
 
 
 def _yaml_number(value: int | float) -> str:
@@ -234,11 +239,11 @@ def _check_network(network: NetworkConfig) -> None:
                 "so simulate a 1-NPU instance with pipesim's builtin engine, or give it num_npus >= 2"
             )
     for dim, bandwidth in enumerate(network.bandwidth):
-        if not bandwidth > 0:
-            raise PipesimError(f"{NETWORK_FILE}: bandwidth[{dim}] = {bandwidth:g}; it must be > 0 GB/s")
+        if not (bandwidth > 0 and math.isfinite(bandwidth)):
+            raise PipesimError(f"{NETWORK_FILE}: bandwidth[{dim}] = {bandwidth:g}; it must be a finite number > 0 GB/s")
     for dim, latency in enumerate(network.latency):
-        if not latency >= 0:
-            raise PipesimError(f"{NETWORK_FILE}: latency[{dim}] = {latency:g}; it must be >= 0 ns")
+        if not (latency >= 0 and math.isfinite(latency)):
+            raise PipesimError(f"{NETWORK_FILE}: latency[{dim}] = {latency:g}; it must be a finite number >= 0 ns")
 
 
 def _check_system(system: SystemConfig, dims: int) -> None:
@@ -274,10 +279,13 @@ def _check_system(system: SystemConfig, dims: int) -> None:
             f"{SYSTEM_FILE}: collective-optimization {system.collective_optimization!r}; "
             f"allowed: {', '.join(COLLECTIVE_OPTIMIZATIONS)}"
         )
-    if not system.local_mem_bw > 0:
-        raise PipesimError(f"{SYSTEM_FILE}: local-mem-bw = {system.local_mem_bw:g}; it must be > 0 GB/s")
-    if not system.peak_perf > 0:
-        raise PipesimError(f"{SYSTEM_FILE}: peak-perf = {system.peak_perf:g}; it must be > 0 TFLOPS")
+    # Infinity/NaN would render as JSON ASTRA-Sim's parser rejects (and pipesim's loader refuses).
+    if not (system.local_mem_bw > 0 and math.isfinite(system.local_mem_bw)):
+        raise PipesimError(
+            f"{SYSTEM_FILE}: local-mem-bw = {system.local_mem_bw:g}; it must be a finite number > 0 GB/s"
+        )
+    if not (system.peak_perf > 0 and math.isfinite(system.peak_perf)):
+        raise PipesimError(f"{SYSTEM_FILE}: peak-perf = {system.peak_perf:g}; it must be a finite number > 0 TFLOPS")
 
 
 def _check_memory(memory: MemoryConfig) -> None:
@@ -285,10 +293,14 @@ def _check_memory(memory: MemoryConfig) -> None:
         raise PipesimError(f"{MEMORY_FILE}: memory-type {memory.memory_type!r}; allowed: {', '.join(MEMORY_TYPES)}")
     if memory.memory_type == "NO_MEMORY_EXPANSION":
         return
-    if not memory.remote_mem_bw > 0:
-        raise PipesimError(f"{MEMORY_FILE}: remote-mem-bw = {memory.remote_mem_bw:g}; it must be > 0 GB/s")
-    if not memory.remote_mem_latency >= 0:
-        raise PipesimError(f"{MEMORY_FILE}: remote-mem-latency = {memory.remote_mem_latency:g}; it must be >= 0 ns")
+    if not (memory.remote_mem_bw > 0 and math.isfinite(memory.remote_mem_bw)):
+        raise PipesimError(
+            f"{MEMORY_FILE}: remote-mem-bw = {memory.remote_mem_bw:g}; it must be a finite number > 0 GB/s"
+        )
+    if not (memory.remote_mem_latency >= 0 and math.isfinite(memory.remote_mem_latency)):
+        raise PipesimError(
+            f"{MEMORY_FILE}: remote-mem-latency = {memory.remote_mem_latency:g}; it must be a finite number >= 0 ns"
+        )
     if memory.num_nodes < 1 or memory.num_npus_per_node < 1:
         raise PipesimError(f"{MEMORY_FILE}: num-nodes and num-npus-per-node must be >= 1")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -191,6 +192,16 @@ def test_every_field_round_trips(tmp_path: Path) -> None:
     assert load_back(write_astra_files(tmp_path, config)) == config
 
 
+def test_exponent_floats_round_trip(tmp_path: Path) -> None:
+    """repr writes 1e-05 and 1e+16, which YAML 1.1 reads back as strings: network.yml must write a dot."""
+    network = NetworkConfig(["Ring", "Switch"], [2, 2], [1e16, 2.5e-07], [1e-05, 3e20])
+    config = AstraConfig(network=network, system=_system_for(2))
+    text = render_astra_files(config)["network.yml"]
+    assert "bandwidth: [ 1.0e+16, 2.5e-07 ]" in text
+    assert "latency: [ 1.0e-05, 3.0e+20 ]" in text
+    assert load_back(write_astra_files(tmp_path, config)) == config
+
+
 @pytest.mark.parametrize("case", conformance_cases())
 def test_conformance_configs_round_trip(tmp_path: Path, case: str) -> None:
     folder = CONFORMANCE / case
@@ -237,6 +248,10 @@ BASE = AstraConfig(network=NetworkConfig(["Ring"], [4], [50.0], [500.0]))
         (replace(BASE, network=NetworkConfig(["Ring"], [4, 2], [50.0], [500.0])), "npus_count has 2 entries"),
         (replace(BASE, network=NetworkConfig(["Ring"], [4], [0.0], [500.0])), "bandwidth[0] = 0"),
         (replace(BASE, network=NetworkConfig(["Ring"], [4], [1.0], [-1.0])), "latency[0] = -1"),
+        (replace(BASE, network=NetworkConfig(["Ring"], [4], [math.inf], [500.0])), "bandwidth[0] = inf"),
+        (replace(BASE, network=NetworkConfig(["Ring"], [4], [50.0], [math.nan])), "latency[0] = nan"),
+        (replace(BASE, system=SystemConfig(peak_perf=math.inf)), "peak-perf = inf"),
+        (replace(BASE, memory=MemoryConfig("MEMORY_POOL", remote_mem_bw=math.inf)), "remote-mem-bw = inf"),
         (replace(BASE, system=_system_for(2)), "all-reduce-implementation has 2 entries but the network has 1"),
         (replace(BASE, system=SystemConfig(all_gather_implementation=["tree"])), "unknown 'tree'"),
         (replace(BASE, system=SystemConfig(endpoint_delay=0)), "endpoint-delay = 0"),
