@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,12 +156,24 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+class _NetworkYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (1e-05, 5E+1): yaml-cpp, which ASTRA-Sim reads
+    network.yml with, takes them as numbers, while YAML 1.1 (PyYAML) would read them as strings."""
+
+
+_NetworkYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_network(path: Path | str) -> NetworkConfig:
     """network.yml of the analytical backend: topology, npus_count, bandwidth, latency (one entry per dim)."""
     path = Path(path)
     text = _read_text(path, "network config (network.yml)")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NetworkYamlLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -87,6 +87,13 @@ def test_memory_expansion_fields(tmp_path: Path) -> None:
     assert (memory.remote_mem_latency, memory.remote_mem_bw) == (100.0, 64.0)
 
 
+def test_network_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    """yaml-cpp (ASTRA-Sim) reads 5e1 and 1e-05 as numbers; YAML 1.1 (PyYAML) would read them as strings."""
+    text = "topology: [ Ring, Switch ]\nnpus_count: [ 4, 2 ]\nbandwidth: [ 5e1, 1E+2 ]\nlatency: [ 1e-05, -0e0 ]\n"
+    network = load_network(_write(tmp_path, "network.yml", text))
+    assert network == NetworkConfig(["Ring", "Switch"], [4, 2], [50.0, 100.0], [1e-05, 0.0])
+
+
 @pytest.mark.parametrize(
     ("network", "fragment"),
     [
