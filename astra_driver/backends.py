@@ -232,11 +232,19 @@ def astra_sim_arguments(run: ReplayRun, logging_folder: Path, absolute: bool = F
         ("--rendezvous-protocol", run.rendezvous_protocol),
     ):
         if value is not None:
-            args.append(f"{flag}={value:g}" if isinstance(value, float) else f"{flag}={value}")
+            args.append(f"{flag}={_flag_number(value)}" if isinstance(value, float) else f"{flag}={value}")
     if run.logging_configuration is not None:
         args.append(f"--logging-configuration={path(run.logging_configuration)}")
     args.append(f"--logging-folder={path(logging_folder)}")
     return args
+
+
+def _flag_number(value: float) -> str:
+    """A float flag value as the binary must read it: integral values bare (2), others exactly (repr: 1.0000001,
+    not :g's six significant digits, which would hand the binary another scale than the builtin engine uses)."""
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
 
 
 def _check_inputs(run: ReplayRun) -> None:

@@ -117,6 +117,14 @@ def test_astra_sim_other_flags_pass_through() -> None:
     ]
 
 
+def test_float_flags_pass_through_exactly() -> None:
+    """:g kept six significant digits: --injection-scale 1.0000001 reached the binary as 1, 0.1234567 as 0.123457."""
+    run = ReplayRun(
+        Path("w"), Path("s.json"), Path("n.yml"), Path("m.json"), injection_scale=1.0000001, comm_scale=0.1234567
+    )
+    assert astra_sim_arguments(run, Path("log"))[4:6] == ["--injection-scale=1.0000001", "--comm-scale=0.1234567"]
+
+
 def test_binary_command_defaults_to_astra_sims_log_folder(tmp_path: Path) -> None:
     binary = good_binary(tmp_path / "astra")
     run = ReplayRun(Path("w"), Path("s.json"), Path("n.yml"), Path("m.json"))
