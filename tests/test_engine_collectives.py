@@ -241,3 +241,19 @@ def test_group_of_every_npu_ignores_involved_dim() -> None:
     assert both != dim1
     grouped = simulate(_grouped(4, 1 << 20, "1", [False, True], {"1": [3, 2, 1, 0]}), config).finish_ns
     assert grouped == both
+
+
+def test_one_member_group_and_no_involved_dimension_complete_at_issue() -> None:
+    """Sys::generate_collective skips dimensions of one NPU; a one-member group's ring is such a dimension, so the
+    collective has no phase and completes when issued, exactly like one whose involved_dim is all false."""
+    config = _config([4])
+    graphs = []
+    for rank in range(4):
+        builder = GraphBuilder(rank)
+        start = builder.comp("COMP_NODE_before", 3)
+        builder.collective("COMM_COLL_NODE_solo", AR, 1 << 20, [start], pg_name=str(rank + 1))
+        graphs.append(builder.graph)
+    groups = {str(rank + 1): [rank] for rank in range(4)}
+    assert simulate(Workload(graphs, comm_groups=groups), config).finish_ns == [3000] * 4
+    none = _grouped(4, 1 << 20, None, [False], {})
+    assert simulate(none, config).finish_ns == [0] * 4

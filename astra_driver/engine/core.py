@@ -661,7 +661,11 @@ class Engine:
         else:
             chunks = -(-size // chunk)
         impls = self._impls[comm_type]
-        if len(members) != self.npus:
+        if len(members) == 1 and self.npus > 1:
+            # Sys::generate_collective skips every dimension of one NPU, and a one-member group's ring is one:
+            # no phase runs, so the collective completes at its issue tick, like one with no involved dimension.
+            phases = []
+        elif len(members) != self.npus:
             dims = [(0, len(members), "ring")]
             phases = plan_phases(comm_type, chunk, dims, self._local_bw_aware, local=True)
         else:
