@@ -88,9 +88,10 @@ def parse_finish_lines(lines: Iterable[str]) -> dict[int, FinishLine]:
     """rank -> its finish record, for every rank that printed one (a stalled rank is simply absent)."""
     finished: dict[int, FinishLine] = {}
     for line in lines:
-        record = parse_finish_line(line)
-        if record is not None:
-            finished[record.rank] = record
+        # Every record of the line: output captured from several writers can run two messages together.
+        for match in _FINISH_RE.finditer(line):
+            rank = int(match["rank"])
+            finished[rank] = FinishLine(rank, int(match["finish"]), int(match["exposed"]))
     return finished
 
 

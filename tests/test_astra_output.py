@@ -55,6 +55,16 @@ def test_finish_line_with_spdlog_prefix_and_without() -> None:
     assert format_finish_line(3, 1660451, 160451) == bare
 
 
+def test_two_finish_records_run_together_on_one_line_both_count() -> None:
+    """Output of several writers captured into one file can lose a line end between two messages; both ranks
+    finished, and reading only the first would report the second as stalled. Windows line ends are tolerated."""
+    line = (
+        "[workload] [info] sys[0] finished, 10 cycles, exposed communication 4 cycles."
+        "[workload] [info] sys[1] finished, 12 cycles, exposed communication 6 cycles.\r"
+    )
+    assert parse_finish_lines([line]) == {0: FinishLine(0, 10, 4), 1: FinishLine(1, 12, 6)}
+
+
 def test_other_lines_are_not_finish_lines() -> None:
     assert parse_finish_line("[statistics] [info] sys[3], Wall time: 1660451") is None
     assert parse_finish_line("[system] [warning] Exiting") is None
