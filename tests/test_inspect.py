@@ -104,3 +104,11 @@ def test_graphml_of_a_prefix_is_one_document(tmp_path) -> None:
     assert [g.get("id") for g in graphs] == ["rank0", "rank1"]
     assert len(graphs[1].findall("g:node", ns)) == 3
     assert graphs[1].find("g:edge", ns).get("source") == "r1n0"
+
+
+def test_graphml_survives_control_characters_in_names() -> None:
+    builder = GraphBuilder(rank=0)
+    builder.comp("COMP_NODE_a\x01b<c>", 1)
+    root = ET.fromstring(chakra_inspect.to_graphml(builder.graph))
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    assert root.find(".//g:node/g:data", ns).text == "COMP_NODE_a\\x01b<c>"

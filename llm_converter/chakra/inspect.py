@@ -7,9 +7,10 @@ DOT and GraphML follow Chakra's visualizer (data edges plain, control edges with
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape as _xml_escape
 
 from google.protobuf.json_format import MessageToJson
 
@@ -152,6 +153,14 @@ def to_json(graph: Graph) -> str:
         message.ParseFromString(encode_node(node))
         parts.append(MessageToJson(message))
     return "".join(parts)
+
+
+# XML 1.0 cannot hold most control characters, even escaped: show them as \xNN.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def escape(text: str) -> str:
+    return _xml_escape(_XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
 
 
 def _edges(graph: Graph):
