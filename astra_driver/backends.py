@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from astra_driver import engine
-from astra_driver.astra_config import check_workload_matches, load_astra_config, load_network
+from astra_driver.astra_config import load_astra_config, load_network
 from astra_driver.astra_output import (
     NodeTime,
     TraceEvent,
@@ -135,8 +135,7 @@ class BuiltinBackend:
                 f"but the workload prefix has {present} .et files (write one per NPU or fix npus_count)"
             )
         # Like ASTRA-Sim, read exactly one file per NPU of the network.
-        workload = read_workload(run.workload, npus=npus)
-        check_workload_matches(workload, config)
+        workload = read_workload(run.workload, npus=npus)  # simulate() checks it against the config
         write_trace = run.logging_folder is not None and config.system.trace_enabled
         result = engine.simulate(
             workload,
