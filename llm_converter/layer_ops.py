@@ -233,13 +233,6 @@ def attention_pairs(iteration: Iteration) -> int:
     return pairs
 
 
-def attended_kv_tokens(iteration: Iteration) -> int:
-    """KV-cache rows the attention reads: each sequence's whole KV after this step (ideal on-chip reuse)."""
-    return (
-        sum(chunk.context + chunk.tokens for chunk in iteration.prefill) + sum(iteration.decode) + len(iteration.decode)
-    )
-
-
 # FlashAttention-2 tiles. vLLM passes a paged KV cache (block table), which always runs FA2's split-KV
 # kernel: kBlockM = 64 query rows per thread block, kBlockN = 128 keys per KV tile (head_dim <= 128).
 QUERY_TILE = 64
