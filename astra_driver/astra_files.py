@@ -43,8 +43,8 @@ from astra_driver.astra_config import (
     SystemConfig,
 )
 from astra_driver.cluster_config import ClusterConfig, InstanceConfig, PlacedInstance
-from llm_converter.chakra.writer import write_atomic
 from llm_converter.errors import PipesimError
+from llm_converter.io import write_atomic
 
 NETWORK_FILE = "network.yml"
 SYSTEM_FILE = "system.json"

@@ -37,8 +37,9 @@ from astra_driver.astra_output import (
 )
 from astra_driver.paths import check_output_path
 from llm_converter.chakra.reader import count_ranks, read_workload
-from llm_converter.chakra.writer import et_path, write_atomic
+from llm_converter.chakra.writer import et_path
 from llm_converter.errors import PipesimError
+from llm_converter.io import write_atomic
 
 ASTRA_SIM_BIN_ENV = "ASTRA_SIM_BIN"
 DOCKER_IMAGE_ENV = "PIPESIM_DOCKER_IMAGE"

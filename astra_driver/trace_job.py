@@ -26,6 +26,7 @@ from llm_converter.chakra.reader import count_ranks
 from llm_converter.chakra.writer import et_path, write_workload
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Workload
+from llm_converter.graphs.forward import build_serving_workload
 from llm_converter.hardware import get_hardware
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
@@ -33,7 +34,6 @@ from llm_converter.layers import LayerList, balanced_plan, build_layer_list, pla
 from llm_converter.models import ModelSpec, dtype_bytes, get_model
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan, stage_params, weight_bytes_per_npu
-from llm_converter.serving import build_serving_workload
 
 WORKLOAD_PREFIX = "llm"
 LAYERS_FILE = "layers.csv"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from llm_converter.chakra.writer import write_atomic
 from llm_converter.errors import PipesimError
+from llm_converter.io import write_atomic
 from llm_converter.iteration import Iteration
 from llm_converter.latency import LatencyModel
 from llm_converter.layer_ops import LayerOp, iteration_ops

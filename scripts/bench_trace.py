@@ -14,14 +14,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from llm_converter.chakra.writer import encode_graph, et_path, write_atomic
+from llm_converter.chakra.writer import encode_graph, et_path
+from llm_converter.graphs.forward import build_serving_workload
 from llm_converter.hardware import get_hardware
+from llm_converter.io import write_atomic
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import balanced_plan, build_layer_list, timed_ops
 from llm_converter.models import get_model
 from llm_converter.perf import paused_gc
-from llm_converter.serving import build_serving_workload
 
 GOAL_NODES_PER_S = 300_000
 DTYPE = "float16"

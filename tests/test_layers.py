@@ -170,7 +170,7 @@ def test_rows_out_of_stage_order_are_refused() -> None:
 
 def test_llama_405b_tp8_pp16_workload_is_valid_with_the_expected_node_counts() -> None:
     from llm_converter.chakra.validator import validate_workload
-    from llm_converter.serving import build_serving_workload
+    from llm_converter.graphs.forward import build_serving_workload
 
     layers, plan = _layers("meta-llama/Llama-3.1-405B", "H100-SXM", tp=8, pp=16)
     workload = build_serving_workload(layers, plan)

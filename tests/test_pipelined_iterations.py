@@ -10,9 +10,9 @@ from __future__ import annotations
 from astra_driver.astra_config import AstraConfig, NetworkConfig
 from astra_driver.engine import Engine
 from llm_converter.graph import NodeType
+from llm_converter.graphs.forward import build_serving_workload
 from llm_converter.layers import LayerList, LayerRow
 from llm_converter.plan import ParallelPlan
-from llm_converter.serving import build_serving_workload
 
 HIDDEN, DTYPE_BYTES, TOKENS = 4096, 2, 64
 BW_GB, LATENCY_NS = 16.0, 20_000.0

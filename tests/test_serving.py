@@ -10,15 +10,15 @@ import pytest
 from llm_converter.chakra.validator import validate_workload
 from llm_converter.errors import PipesimError
 from llm_converter.graph import CollectiveType, NodeType
-from llm_converter.layers import LayerList, LayerRow
-from llm_converter.plan import ParallelPlan
-from llm_converter.serving import (
+from llm_converter.graphs.forward import (
     TAG_ITERATION_PERIOD,
     TAG_STAGE_STRIDE,
     activation_tag,
     build_serving_workload,
     micros_durations,
 )
+from llm_converter.layers import LayerList, LayerRow
+from llm_converter.plan import ParallelPlan
 from tests.conftest import CONFORMANCE
 
 HIDDEN = 256

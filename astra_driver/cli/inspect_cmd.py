@@ -13,9 +13,9 @@ from astra_driver.paths import check_output_path
 from llm_converter.chakra import inspect as chakra_inspect
 from llm_converter.chakra.reader import read_graph, read_workload
 from llm_converter.chakra.validator import ValidationReport, validate_workload
-from llm_converter.chakra.writer import write_atomic
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph
+from llm_converter.io import write_atomic
 
 
 def load_graphs(file_or_prefix: str) -> list[Graph]:

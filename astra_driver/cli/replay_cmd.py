@@ -29,8 +29,8 @@ from astra_driver.backends import (
 )
 from astra_driver.cli import app
 from astra_driver.paths import check_output_path
-from llm_converter.chakra.writer import write_atomic
 from llm_converter.errors import PipesimError
+from llm_converter.io import write_atomic
 
 NODE_TIMES_HEADER = "rank,node_id,name,type,issue_ns,end_ns"
 

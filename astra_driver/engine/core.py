@@ -31,6 +31,7 @@ from astra_driver.engine.collectives import (
 from astra_driver.engine.network import Network
 from llm_converter.errors import DeadlockError, PipesimError
 from llm_converter.graph import CollectiveType, Graph, NodeType
+from llm_converter.graphs.tags import TAG_MODULUS
 
 # What a node does when issued.
 K_TIMED = 0  # completes after `duration` ns (compute, BROADCAST, replay-only, memory)
@@ -48,7 +49,6 @@ E_ACTIVATE = 1  # graph added at a later tick: (rank, graph number)
 E_PHASE = 2  # a collective chunk finished its current phase on a rank: (rank, stream)
 E_WAKE = 3  # run_until bookkeeping: nothing to do
 
-_TAG_MODULO = 500_000_000
 _SIMULATED = {AR, AG, RS, A2A}
 _TYPE_NAMES = {int(t): t.name for t in NodeType}
 
@@ -512,7 +512,7 @@ class Engine:
         dst, size = node.comm_dst, node.comm_size
         arrival = tick + self.network.delay(state.rank, dst, size)
         self._push(arrival, E_DONE, state.rank, index)
-        key = (state.rank, node.comm_tag % _TAG_MODULO, size)
+        key = (state.rank, node.comm_tag % TAG_MODULUS, size)
         target = self.ranks[dst]
         waiting = target.waiting_recvs.get(key)
         if waiting:
@@ -523,7 +523,7 @@ class Engine:
 
     def _recv(self, state: _Rank, index: int, tick: int) -> None:
         node = self._node(state, index)
-        key = (node.comm_src, node.comm_tag % _TAG_MODULO, node.comm_size)
+        key = (node.comm_src, node.comm_tag % TAG_MODULUS, node.comm_size)
         arrived = state.arrived.get(key)
         if arrived:
             self._push(max(arrived.popleft()[0], tick), E_DONE, state.rank, index)

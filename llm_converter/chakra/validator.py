@@ -16,9 +16,7 @@ from google.protobuf.message import DecodeError
 from llm_converter.chakra import schema
 from llm_converter.chakra.reader import CANONICAL_KINDS
 from llm_converter.graph import SIMULATED_COLLECTIVES, CollectiveType, Graph, Node, NodeType, Workload
-
-# Tags are compared modulo this, as ASTRA-Sim's network layer does.
-TAG_MODULUS = 500_000_000
+from llm_converter.graphs.tags import TAG_MODULUS  # tags compare modulo this, as in ASTRA-Sim's network layer
 
 _REQUIRED: dict[NodeType, tuple[str, ...]] = {
     NodeType.COMM_SEND_NODE: ("comm_dst", "comm_tag", "comm_size"),

@@ -8,13 +8,12 @@ comm_priority, pg_name, involved_dim, then extra attributes verbatim.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph, Node, Workload
+from llm_converter.io import write_atomic
 
 _SMALL_VARINTS = [bytes([v]) for v in range(128)]
 # Traces repeat the same sizes, ids and op counts a lot: memoise encodings (bounded, so memory stays flat).
@@ -284,36 +283,6 @@ def encode_graph(graph: Graph) -> bytes:
         records.append(varint(len(body)))
         records.append(body)
     return b"".join(records)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path or free space") from None
-        raise
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Read once: os.umask can only be read by setting it, two system calls per file otherwise.
-_UMASK = _read_umask()
 
 
 def et_path(prefix: Path | str, rank: int) -> Path:

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 from llm_converter.errors import PipesimError
 from llm_converter.graph import CollectiveType, Graph, Node, NodeType, Workload
+from llm_converter.graphs.tags import TAG_ITERATION_PERIOD, TAG_STAGE_STRIDE, activation_tag
 from llm_converter.layers import LayerList, LayerRow
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan
 
-# comm_tag = (iteration_id mod TAG_ITERATION_PERIOD) * TAG_STAGE_STRIDE + boundary, boundary s = stage s -> s+1.
-# ASTRA-Sim reduces tags modulo 5e8 and stores them as int32, so tags stay below 5e8. Iteration ids wrap after
-# 488,281 iterations; only pp iterations are ever in flight, so wrapped tags never meet.
-TAG_STAGE_STRIDE = 1024
-TAG_ITERATION_PERIOD = 500_000_000 // TAG_STAGE_STRIDE
+__all__ = ["TAG_ITERATION_PERIOD", "TAG_STAGE_STRIDE", "activation_tag", "build_serving_workload"]
 
 _ALL_REDUCE = int(CollectiveType.ALL_REDUCE)
 _COMP = NodeType.COMP_NODE
@@ -29,15 +26,6 @@ _COLL = NodeType.COMM_COLL_NODE
 
 # Node names are the same for every iteration: cache them rather than format thousands per iteration.
 _node_names: dict[tuple[str, str, str, int], str] = {}
-
-
-def activation_tag(iteration_id: int, boundary: int) -> int:
-    """Tag of the activation sent from stage `boundary` to stage `boundary + 1` in iteration `iteration_id`."""
-    if not 0 <= boundary < TAG_STAGE_STRIDE:
-        raise PipesimError(f"serving graph: stage boundary {boundary} outside [0, {TAG_STAGE_STRIDE}); use pp <= 1024")
-    if iteration_id < 0:
-        raise PipesimError(f"serving graph: iteration_id {iteration_id} is negative; ids count from 0")
-    return (iteration_id % TAG_ITERATION_PERIOD) * TAG_STAGE_STRIDE + boundary
 
 
 def _node_name(kind: str, row: LayerRow, suffix: str = "") -> str:
