@@ -30,7 +30,7 @@ from astra_driver.engine.collectives import (
 )
 from astra_driver.engine.network import Network
 from llm_converter.errors import DeadlockError, PipesimError
-from llm_converter.graph import CollectiveType, Graph, NodeType
+from llm_converter.graph import SIMULATED_COLLECTIVES, CollectiveType, Graph, NodeType
 from llm_converter.graphs.tags import TAG_MODULUS
 
 # What a node does when issued.
@@ -49,7 +49,7 @@ E_ACTIVATE = 1  # graph added at a later tick: (rank, graph number)
 E_PHASE = 2  # a collective chunk finished its current phase on a rank: (rank, stream)
 E_WAKE = 3  # run_until bookkeeping: nothing to do
 
-_SIMULATED = {AR, AG, RS, A2A}
+_SIMULATED = frozenset(int(kind) for kind in SIMULATED_COLLECTIVES)  # ints: the hot loop compares ints
 _TYPE_NAMES = {int(t): t.name for t in NodeType}
 
 
