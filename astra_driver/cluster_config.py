@@ -24,12 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_converter.errors import PipesimError
 from llm_converter.hardware import HardwareSpec, get_hardware, list_hardware
+from llm_converter.memory import DEFAULT_MEM_UTIL, MEM_GB, npu_memory_bytes, weight_bytes_per_npu
 from llm_converter.models import ModelSpec, dtype_bytes, get_model, list_models
 from llm_converter.plan import ParallelPlan
-
-MEM_GB = 10**9  # bytes in one GB of mem_size
-DEFAULT_MEM_UTIL = 0.9
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The JSON's structure. strict=True: "2" is not an integer and 2.0 is not an NPU count; extra keys are errors.
@@ -143,7 +140,7 @@ class PlacedInstance:
     @property
     def usable_mem_bytes(self) -> int:
         """mem_size * mem_util of one NPU, in bytes: what weights, activations and KV cache share."""
-        return int(self.spec.npu_mem.mem_size * self.spec.npu_mem.mem_util * MEM_GB)
+        return npu_memory_bytes(self.spec.npu_mem.mem_size, self.spec.npu_mem.mem_util)
 
 
 @dataclass(frozen=True)
@@ -254,7 +251,9 @@ def _resolve(path: Path, spec: ClusterSpec, dtype: str) -> ClusterConfig:
             model = _resolve_model(path, field_path, instance)
             hardware = _resolve_hardware(path, field_path, instance)
             _check_parallelism(path, field_path, instance, model, spec.num_nodes, node_index)
-            weight_bytes = weight_bytes_per_npu(model, instance.tp_size, instance.pp_size, element_bytes)
+            # The fullest NPU of the even block split (trace re-checks its time-balanced split with the batch).
+            even = ParallelPlan.even(tp=instance.tp_size, pp=instance.pp_size, num_blocks=model.num_layers)
+            weight_bytes = max(weight_bytes_per_npu(model, even, element_bytes))
             _check_memory(path, field_path, instance, weight_bytes, dtype)
             for covered in range(node_index + 1, node_index + instance.span_nodes):
                 spanned_by[covered] = field_path
@@ -377,12 +376,10 @@ def _check_parallelism(
 
 
 def _check_memory(path: Path, field_path: str, instance: InstanceConfig, weight_bytes: int, dtype: str) -> None:
-    if not 0 < instance.npu_mem.mem_util <= 1:
-        raise PipesimError(
-            f"{path}: {field_path}.npu_mem.mem_util: {instance.npu_mem.mem_util:g} is outside (0, 1]; it is the "
-            f"share of mem_size the engine may use (default {DEFAULT_MEM_UTIL})"
-        )
-    available = instance.npu_mem.mem_size * instance.npu_mem.mem_util * MEM_GB
+    try:
+        available = npu_memory_bytes(instance.npu_mem.mem_size, instance.npu_mem.mem_util)
+    except PipesimError as exc:  # memory.py names the npu_mem field; add the file and the instance
+        raise PipesimError(f"{path}: {field_path}.{exc}") from None
     if weight_bytes <= available:
         return
     raise PipesimError(
@@ -391,33 +388,6 @@ def _check_memory(path: Path, field_path: str, instance: InstanceConfig, weight_
         f"{instance.npu_mem.mem_size:g} * {instance.npu_mem.mem_util:g} = {available / MEM_GB:.2f} GB; "
         "use a larger tp_size or pp_size (and num_npus), or more memory"
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Weights per stage
-# ---------------------------------------------------------------------------------------------------------
-
-
-def stage_layer_counts(num_layers: int, pp_size: int) -> list[int]:
-    """Decoder blocks per pipeline stage, split as the converter splits them (ParallelPlan.even: as even as
-    possible, the first num_layers % pp_size stages one more)."""
-    plan = ParallelPlan.even(tp=1, pp=pp_size, num_blocks=num_layers)
-    return [end - start for start, end in plan.stage_blocks]
-
-
-def stage_weight_params(model: ModelSpec, pp_size: int) -> list[int]:
-    """Parameters held by each stage: its blocks, plus the embedding on stage 0 and final norm + lm_head on the
-    last (both on the one stage when pp_size is 1)."""
-    block = model.block_params()
-    params = [count * block for count in stage_layer_counts(model.num_layers, pp_size)]
-    params[0] += model.embedding_params()
-    params[-1] += model.final_norm_params() + model.lm_head_params()
-    return params
-
-
-def weight_bytes_per_npu(model: ModelSpec, tp_size: int, pp_size: int, element_bytes: float) -> int:
-    """What the fullest NPU holds: the largest stage's weights, split over tp_size NPUs."""
-    return math.ceil(max(stage_weight_params(model, pp_size)) * element_bytes / tp_size)
 
 
 # ---------------------------------------------------------------------------------------------------------

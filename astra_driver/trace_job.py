@@ -31,9 +31,10 @@ from llm_converter.hardware import get_hardware
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
+from llm_converter.memory import check_batch_fits, stage_params, weight_bytes_per_npu
 from llm_converter.models import ModelSpec, dtype_bytes, get_model
 from llm_converter.perf import paused_gc
-from llm_converter.plan import ParallelPlan, stage_params, weight_bytes_per_npu
+from llm_converter.plan import ParallelPlan
 
 WORKLOAD_PREFIX = "llm"
 LAYERS_FILE = "layers.csv"
@@ -267,7 +268,10 @@ def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, L
     latency = make_latency_model(model, placed.hardware, tp, request.dtype, request.profile_dir)
     ops = timed_ops(model, request.iteration, tp, latency, request.dtype)
     plan = balanced_plan(ops, model.num_layers, tp, pp)
-    _check_weights_fit(placed, plan, request.dtype)
+    # Weights of the time-balanced split (the cluster config checked the even one) plus the batch's KV cache.
+    check_batch_fits(
+        model, plan, request.iteration, dtype_bytes(request.dtype), placed.usable_mem_bytes, "--prefill/--decode"
+    )
     try:
         layers = build_layer_list(model, request.iteration, plan, latency, request.dtype, ops=ops)
     except PipesimError as exc:
@@ -276,18 +280,6 @@ def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, L
         # The rows come from the batch: name the flags that made them too large.
         raise PipesimError(f"--prefill/--decode: {exc}") from None
     return cluster, placed, layers, plan, build_serving_workload(layers, plan)
-
-
-def _check_weights_fit(placed: PlacedInstance, plan: ParallelPlan, dtype: str) -> None:
-    """The cluster config checks an even block split; the time-balanced split can load one stage more."""
-    per_npu = weight_bytes_per_npu(placed.model, plan, dtype_bytes(dtype))
-    stage = max(range(len(per_npu)), key=per_npu.__getitem__)
-    if per_npu[stage] > placed.usable_mem_bytes:
-        raise PipesimError(
-            f"{placed.path}: stage {stage} of the time-balanced split (blocks {plan.stage_blocks[stage][0]}-"
-            f"{plan.stage_blocks[stage][1] - 1}) needs {per_npu[stage] / 1e9:.2f} GB of weights per NPU but "
-            f"npu_mem allows {placed.usable_mem_bytes / 1e9:.2f} GB; use a larger tp_size or pp_size"
-        )
 
 
 def run_trace(request: TraceRequest) -> TraceResult:

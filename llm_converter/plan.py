@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from llm_converter.errors import PipesimError
-from llm_converter.models import ModelSpec
 
 
 class RankCoords(NamedTuple):
@@ -197,29 +196,3 @@ def _greedy_split(segment, n: int, pp: int, limit: float) -> tuple[tuple[int, in
         return None
     bounds.append((start, n))
     return tuple(bounds)
-
-
-def stage_params(model: ModelSpec, plan: ParallelPlan) -> list[int]:
-    """Parameters held by each stage (all TP ranks of it together): embedding on the first, head on the last."""
-    if plan.num_blocks != model.num_layers:
-        raise PipesimError(
-            f"parallel plan: it covers {plan.num_blocks} blocks but {model.name} has {model.num_layers} layers; "
-            "build the plan from this model"
-        )
-    per_stage = []
-    for stage in range(plan.pp):
-        params = len(plan.blocks_of(stage)) * model.block_params()
-        if stage == 0:
-            params += model.embedding_params()
-        if stage == plan.pp - 1:
-            params += model.final_norm_params() + model.lm_head_params()
-        per_stage.append(params)
-    return per_stage
-
-
-def weight_bytes_per_npu(model: ModelSpec, plan: ParallelPlan, dtype_bytes: int) -> list[int]:
-    """Weight bytes on one NPU of each stage: the stage's parameters sharded over its TP ranks.
-
-    Norm weights are in fact replicated rather than sharded; they are under 0.01% of a block, so ignored.
-    """
-    return [-(-params // plan.tp) * dtype_bytes for params in stage_params(model, plan)]

@@ -12,15 +12,11 @@ from typing import Any
 
 import pytest
 
-from astra_driver.cluster_config import (
-    MEM_GB,
-    ClusterConfig,
-    load_cluster_config,
-    stage_layer_counts,
-    weight_bytes_per_npu,
-)
+from astra_driver.cluster_config import MEM_GB, ClusterConfig, load_cluster_config
 from llm_converter.errors import PipesimError
+from llm_converter.memory import weight_bytes_per_npu
 from llm_converter.models import get_model
+from llm_converter.plan import ParallelPlan
 from tests.conftest import REPO
 
 CLUSTER_DIR = REPO / "configs" / "cluster"
@@ -163,13 +159,19 @@ def test_placement_offsets_across_nodes_and_instances(tmp_path: Path) -> None:
 
 
 def test_stage_split_is_even_with_larger_stages_first() -> None:
+    def stage_layer_counts(num_layers: int, pp: int) -> list[int]:
+        return [end - start for start, end in ParallelPlan.even(tp=1, pp=pp, num_blocks=num_layers).stage_blocks]
+
+    def fullest_npu(model, tp: int, pp: int, element_bytes: int) -> int:
+        return max(weight_bytes_per_npu(model, ParallelPlan.even(tp, pp, model.num_layers), element_bytes))
+
     assert stage_layer_counts(32, 3) == [11, 11, 10]
     assert stage_layer_counts(32, 32) == [1] * 32
     model = get_model("meta-llama/Llama-3.1-8B")
     # pp 3: stage 0 = embedding + 11 blocks (2.92e9) beats stage 2 = 10 blocks + norm + lm_head (2.71e9).
-    assert weight_bytes_per_npu(model, 1, 3, 2) == 2 * (EMBEDDING + 11 * BLOCK)
-    assert weight_bytes_per_npu(model, 2, 3, 2) == EMBEDDING + 11 * BLOCK
-    assert weight_bytes_per_npu(model, 1, 1, 2) == model.weight_bytes("bfloat16")
+    assert fullest_npu(model, 1, 3, 2) == 2 * (EMBEDDING + 11 * BLOCK)
+    assert fullest_npu(model, 2, 3, 2) == EMBEDDING + 11 * BLOCK
+    assert fullest_npu(model, 1, 1, 2) == model.weight_bytes("bfloat16")
 
 
 def test_memory_fit_boundary(tmp_path: Path) -> None:

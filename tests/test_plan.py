@@ -1,4 +1,4 @@
-"""ParallelPlan: NPU ids, TP groups, the min-max stage split, and parameters per stage."""
+"""ParallelPlan: NPU ids, TP groups and the min-max stage split (parameters per stage: tests/test_memory.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from llm_converter.errors import PipesimError
 from llm_converter.models import get_model
-from llm_converter.plan import ParallelPlan, split_stages, stage_params, weight_bytes_per_npu
+from llm_converter.plan import ParallelPlan, split_stages
 
 
 def _brute_force_bottleneck(costs: list, pp: int, pre: float, post: float) -> float:
@@ -134,27 +134,3 @@ def test_llama_405b_on_16_stages_is_8_blocks_with_7_on_the_ends() -> None:
     sizes = [b - a for a, b in bounds]
     assert sizes == [7] + [8] * 14 + [7]
     assert _bottleneck(bounds, [block] * 126, embedding, head) == 8 * block
-
-
-def test_gpt2_in_four_stages_puts_the_embeddings_on_stage_zero() -> None:
-    # Seed 002: GPT-2 124M split in 4 stages of 3 blocks: stage 0 holds ~60M params, the others ~21M.
-    model = get_model("openai-community/gpt2")
-    plan = ParallelPlan.even(tp=1, pp=4, num_blocks=model.num_layers)
-    params = stage_params(model, plan)
-    h, vocab, positions = 768, 50257, 1024
-    block = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h)
-    assert block == 7_087_872
-    assert params[0] == vocab * h + positions * h + 3 * block
-    assert params[1] == params[2] == 3 * block
-    assert params[3] == 3 * block + 2 * h  # ln_f; lm_head is tied to wte (counted on stage 0)
-    assert round(params[0] / 1e6) == 61 and round(params[1] / 1e6) == 21
-    assert sum(params) == model.total_params()
-    assert weight_bytes_per_npu(model, plan, 2) == [2 * p for p in params]
-
-
-def test_weight_bytes_shrink_with_tp() -> None:
-    model = get_model("meta-llama/Llama-3.1-8B")
-    plan = ParallelPlan.even(tp=4, pp=2, num_blocks=32)
-    per_stage = stage_params(model, plan)
-    assert weight_bytes_per_npu(model, plan, 2) == [-(-p // 4) * 2 for p in per_stage]
-    assert sum(per_stage) == model.total_params()
