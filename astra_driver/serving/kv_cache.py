@@ -1,0 +1,257 @@
+"""Paged KV cache with prefix caching, as vLLM v1's block pool and KV cache manager (one attention type).
+
+Mirrors vllm/v1/core/block_pool.py (BlockPool, FreeKVCacheBlockQueue), kv_cache_utils.py (KVCacheBlock,
+hash_block_tokens), single_type_kv_cache_manager.py (FullAttentionManager) and kv_cache_manager.py
+(KVCacheManager.get_computed_blocks, allocate_slots, free). See docs/serving.md, "KV cache and prefix caching".
+
+- Block 0 is vLLM's null block, never handed out: `num_gpu_blocks - 1` blocks hold KV.
+- Free blocks wait in one queue (least recently freed first). Allocation takes from the front; a cached block taken
+  from the front loses its hash (that is the LRU eviction of free cached blocks).
+- A full block's hash chains its parent's hash and its token ids, so a hit on block i implies hits on 0..i-1.
+- Requests without token ids are never cached nor hit (their content is unknown).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from astra_driver.serving.request import Request, RequestStatus
+from llm_converter.errors import PipesimError
+
+# The parent hash of a request's first block (vLLM seeds NONE_HASH from PYTHONHASHSEED or os.urandom; a constant
+# keeps runs reproducible). Python's hash of a tuple of ints does not depend on PYTHONHASHSEED.
+NONE_HASH = 0x5049504553494D  # "PIPESIM"
+
+
+def hash_block_tokens(parent_hash: int, token_ids: tuple[int, ...]) -> int:
+    """The hash of one full block: its parent's hash and its token ids (vLLM's hash_block_tokens, no extra keys)."""
+    return hash((parent_hash, token_ids))
+
+
+@dataclass(eq=False, slots=True)
+class KVBlock:
+    """One block of `block_size` token slots. `block_hash` is set while its full contents are in the prefix cache."""
+
+    block_id: int
+    ref_cnt: int = 0
+    block_hash: int | None = None
+    is_null: bool = False
+
+
+class KVBlockPool:
+    """All blocks of one instance, the free queue, and the prefix cache (hash -> blocks holding that content)."""
+
+    def __init__(self, num_gpu_blocks: int, enable_caching: bool) -> None:
+        if num_gpu_blocks < 2:
+            raise PipesimError(
+                f"num_gpu_blocks: {num_gpu_blocks} KV blocks leave none for requests (block 0 is reserved); "
+                "give more NPU memory, a smaller model share per NPU, or a larger --num-gpu-blocks"
+            )
+        self.num_gpu_blocks = num_gpu_blocks
+        self.enable_caching = enable_caching
+        self.blocks = [KVBlock(i) for i in range(num_gpu_blocks)]
+        # Insertion-ordered: popitem(last=False) is the queue's front, O(1) removal from the middle (vLLM's
+        # doubly linked FreeKVCacheBlockQueue).
+        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self.null_block = self.free_queue.popitem(last=False)[1]
+        self.null_block.is_null = True
+        # vLLM's BlockHashToBlockMap: two requests may compute the same block at once; both copies are cached and a
+        # lookup returns the first one still there.
+        self.cached: dict[int, dict[int, KVBlock]] = {}
+        self.num_evictions = 0
+
+    @property
+    def num_usable_blocks(self) -> int:
+        return self.num_gpu_blocks - 1
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    @property
+    def num_used_blocks(self) -> int:
+        """Blocks some request holds (ref_cnt > 0)."""
+        return self.num_usable_blocks - len(self.free_queue)
+
+    def get_cached_block(self, block_hash: int) -> KVBlock | None:
+        copies = self.cached.get(block_hash)
+        if not copies:
+            return None
+        return next(iter(copies.values()))
+
+    def get_new_blocks(self, count: int) -> list[KVBlock]:
+        """Take `count` blocks from the front of the free queue, evicting their cached contents."""
+        if count > len(self.free_queue):
+            raise ValueError(f"cannot allocate {count} blocks with {len(self.free_queue)} free")
+        taken = []
+        for _ in range(count):
+            block = self.free_queue.popitem(last=False)[1]
+            if block.block_hash is not None:
+                self._evict(block)
+            block.ref_cnt += 1
+            taken.append(block)
+        return taken
+
+    def touch(self, blocks: list[KVBlock]) -> None:
+        """A request starts using cached blocks: a free one leaves the free queue (no longer evictable)."""
+        for block in blocks:
+            if block.ref_cnt == 0 and not block.is_null:
+                del self.free_queue[block.block_id]
+            block.ref_cnt += 1
+
+    def free_blocks(self, ordered_blocks: list[KVBlock]) -> None:
+        """Drop one reference from each block; those no longer used join the back of the free queue in this order
+        (cached ones stay findable until a new allocation evicts them)."""
+        for block in ordered_blocks:
+            block.ref_cnt -= 1
+        for block in ordered_blocks:
+            if block.ref_cnt == 0 and not block.is_null:
+                self.free_queue[block.block_id] = block
+
+    def cache_full_block(self, block: KVBlock, block_hash: int) -> None:
+        if block.block_hash is not None:
+            return  # already cached (a prefix hit being re-registered)
+        block.block_hash = block_hash
+        self.cached.setdefault(block_hash, {})[block.block_id] = block
+
+    def _evict(self, block: KVBlock) -> None:
+        assert block.block_hash is not None
+        copies = self.cached[block.block_hash]
+        del copies[block.block_id]
+        if not copies:
+            del self.cached[block.block_hash]
+        block.block_hash = None
+        self.num_evictions += 1
+
+
+class KVCacheManager:
+    """Blocks per request over a KVBlockPool: prefix-cache lookup, slot allocation for new tokens, freeing."""
+
+    def __init__(self, num_gpu_blocks: int, block_size: int, enable_caching: bool = True) -> None:
+        if block_size <= 0:
+            raise PipesimError(f"block_size: {block_size} must be a positive number of tokens; vLLM's default is 16")
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.pool = KVBlockPool(num_gpu_blocks, enable_caching)
+        self.req_to_blocks: dict[int, list[KVBlock]] = {}
+        self.num_cached_block: dict[int, int] = {}  # leading blocks of each request already in the prefix cache
+        self._hashes: dict[int, list[int]] = {}  # block hashes computed so far per request (grow as tokens do)
+
+    # -- token contents -------------------------------------------------------------------------------------------
+
+    def block_hashes(self, request: Request, num_blocks: int) -> list[int]:
+        """Hashes of the request's first `num_blocks` full blocks (fewer when its token ids are not known that far).
+
+        The sequence is the prompt ids followed by the output ids generated so far; a request with a prompt but no
+        output ids gets a distinct made-up id per output position, so its own blocks can be found again after a
+        preemption but never match another request's (generated text is almost never shared)."""
+        if request.input_token_ids is None:
+            return []
+        hashes = self._hashes.setdefault(request.request_id, [])
+        known_tokens = request.num_tokens
+        num_blocks = min(num_blocks, known_tokens // self.block_size)
+        size = self.block_size
+        while len(hashes) < num_blocks:
+            i = len(hashes)
+            parent = hashes[-1] if hashes else NONE_HASH
+            hashes.append(hash_block_tokens(parent, self._token_ids(request, i * size, (i + 1) * size)))
+        return hashes[:num_blocks]
+
+    @staticmethod
+    def _token_ids(request: Request, start: int, end: int) -> tuple[int, ...]:
+        prompt = request.input_token_ids
+        assert prompt is not None
+        if end <= len(prompt):
+            return prompt[start:end]
+        outputs = request.output_token_ids
+        ids = list(prompt[start:end])
+        for position in range(max(start, len(prompt)), end):
+            k = position - len(prompt)
+            if outputs is not None and k < len(outputs):
+                ids.append(outputs[k])
+            else:
+                ids.append(-1 - (request.request_id << 32 | k))  # made-up id, unique to (request, position)
+        return tuple(ids)
+
+    # -- vLLM KVCacheManager API ----------------------------------------------------------------------------------
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
+        """The longest cached prefix of a new request: its blocks and token count.
+
+        At most num_tokens - 1 tokens hit, so the last token is always computed (its logits are needed): a prompt of
+        exactly 2 full blocks hits at most 1 (vLLM's max_cache_hit_length)."""
+        if not self.enable_caching or request.input_token_ids is None:
+            return [], 0
+        max_hit_tokens = request.num_tokens - 1
+        hits: list[KVBlock] = []
+        for block_hash in self.block_hashes(request, max_hit_tokens // self.block_size):
+            block = self.pool.get_cached_block(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        return hits, len(hits) * self.block_size
+
+    def num_blocks_to_allocate(
+        self, request: Request, num_tokens: int, new_computed_blocks: list[KVBlock] | tuple[KVBlock, ...] = ()
+    ) -> int:
+        """Free blocks needed to hold `num_tokens` tokens: new blocks plus cached hits that sit in the free queue
+        (taking those out of the free queue costs a free block just as much)."""
+        held = len(self.req_to_blocks.get(request.request_id, ()))
+        required = -(-num_tokens // self.block_size)
+        new_blocks = max(required - len(new_computed_blocks) - held, 0)
+        evictable_hits = sum(1 for b in new_computed_blocks if b.ref_cnt == 0 and not b.is_null)
+        return new_blocks + evictable_hits
+
+    def allocate_slots(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        num_new_computed_tokens: int = 0,
+        new_computed_blocks: list[KVBlock] | tuple[KVBlock, ...] = (),
+    ) -> list[KVBlock] | None:
+        """Make room for `num_new_tokens` more tokens after the request's computed ones (and its new prefix hits).
+
+        Returns the newly allocated blocks, or None (nothing changed) when too few blocks are free. Full blocks are
+        registered in the prefix cache as soon as they are scheduled, as vLLM does."""
+        if num_new_tokens <= 0:
+            raise ValueError("num_new_tokens must be positive")
+        num_computed = request.num_computed_tokens + num_new_computed_tokens
+        num_tokens_need_slot = num_computed + num_new_tokens
+        if self.num_blocks_to_allocate(request, num_tokens_need_slot, new_computed_blocks) > self.pool.num_free_blocks:
+            return None
+        blocks = self.req_to_blocks.setdefault(request.request_id, [])
+        if new_computed_blocks:
+            assert not blocks, "prefix hits are only added to a request holding no blocks"
+            self.pool.touch(list(new_computed_blocks))
+            blocks.extend(new_computed_blocks)
+            self.num_cached_block[request.request_id] = len(new_computed_blocks)
+        required = -(-num_tokens_need_slot // self.block_size)
+        new_blocks = self.pool.get_new_blocks(max(required - len(blocks), 0))
+        blocks.extend(new_blocks)
+        if self.enable_caching:
+            self._cache_blocks(request, min(num_computed + num_new_tokens, request.num_tokens))
+        return new_blocks
+
+    def _cache_blocks(self, request: Request, num_tokens: int) -> None:
+        num_cached = self.num_cached_block.get(request.request_id, 0)
+        num_full = num_tokens // self.block_size
+        if num_cached >= num_full:
+            return
+        hashes = self.block_hashes(request, num_full)
+        blocks = self.req_to_blocks[request.request_id]
+        for i in range(num_cached, len(hashes)):
+            self.pool.cache_full_block(blocks[i], hashes[i])
+        self.num_cached_block[request.request_id] = len(hashes)
+
+    def free(self, request: Request) -> None:
+        """Release the request's blocks, tail first: the last blocks of a sequence are the least likely to be shared,
+        so they are evicted first (vLLM's SingleTypeKVCacheManager.free)."""
+        blocks = self.req_to_blocks.pop(request.request_id, [])
+        self.pool.free_blocks(list(reversed(blocks)))
+        self.num_cached_block.pop(request.request_id, None)
+        if request.status is RequestStatus.FINISHED:
+            self._hashes.pop(request.request_id, None)
+
+    def num_blocks_of(self, request: Request) -> int:
+        return len(self.req_to_blocks.get(request.request_id, ()))
