@@ -37,6 +37,7 @@ _VERB_MODULES = {
     "inspect": "inspect_cmd",
     "validate": "inspect_cmd",
     "replay": "replay_cmd",
+    "workload": "workload_cmd",
 }
 
 

@@ -209,16 +209,25 @@ class KVCacheManager:
         num_new_tokens: int,
         num_new_computed_tokens: int = 0,
         new_computed_blocks: list[KVBlock] | tuple[KVBlock, ...] = (),
+        full_sequence_must_fit: bool = False,
     ) -> list[KVBlock] | None:
         """Make room for `num_new_tokens` more tokens after the request's computed ones (and its new prefix hits).
 
-        Returns the newly allocated blocks, or None (nothing changed) when too few blocks are free. Full blocks are
-        registered in the prefix cache as soon as they are scheduled, as vLLM does."""
+        Returns the newly allocated blocks, or None (nothing changed) when too few blocks are free. With
+        `full_sequence_must_fit` (vLLM's admission gate, scheduler_reserve_full_isl) the whole sequence so far must
+        fit, not only this chunk. Full blocks are registered in the prefix cache as soon as they are scheduled, as
+        vLLM does."""
         if num_new_tokens <= 0:
             raise ValueError("num_new_tokens must be positive")
+        free = self.pool.num_free_blocks
+        if (
+            full_sequence_must_fit
+            and self.num_blocks_to_allocate(request, request.num_tokens, new_computed_blocks) > free
+        ):
+            return None
         num_computed = request.num_computed_tokens + num_new_computed_tokens
         num_tokens_need_slot = num_computed + num_new_tokens
-        if self.num_blocks_to_allocate(request, num_tokens_need_slot, new_computed_blocks) > self.pool.num_free_blocks:
+        if self.num_blocks_to_allocate(request, num_tokens_need_slot, new_computed_blocks) > free:
             return None
         blocks = self.req_to_blocks.setdefault(request.request_id, [])
         if new_computed_blocks:

@@ -57,6 +57,7 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True
     pp_size: int = 1
     long_prefill_token_threshold: int = 0  # > 0: a prefill takes at most this many tokens per step
+    reserve_full_isl: bool = True  # admit a waiting request only if its whole sequence so far fits (vLLM default)
     max_model_len: int | None = None  # prompt + output longer than this is refused (the model's context)
 
     def __post_init__(self) -> None:
@@ -238,7 +239,7 @@ class Scheduler:
                 if not cfg.enable_chunked_prefill and num_new > budget:
                     break
                 num_new = min(num_new, budget)
-                if self.kv.allocate_slots(request, num_new, num_hit, hit_blocks) is None:
+                if self.kv.allocate_slots(request, num_new, num_hit, hit_blocks, cfg.reserve_full_isl) is None:
                     break
                 self.waiting.popleft()
                 first_admission = request.first_scheduled_ns is None

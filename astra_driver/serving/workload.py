@@ -1,0 +1,263 @@
+"""Serving workloads: LLMServingSim's JSONL traces, read and checked line by line, and a seeded generator.
+
+One request per line: {"input_toks": 10, "output_toks": 70, "arrival_time_ns": 46926808, "input_tok_ids": [...],
+"output_tok_ids": [...]}; the token-id lists are optional (without input ids a request never uses the prefix cache).
+Requests are numbered in file order from 0 and served in arrival order (a stable sort, as LLMServingSim's router
+does). See docs/serving.md, "Workloads".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from astra_driver.serving.request import Request
+from llm_converter.errors import PipesimError
+from llm_converter.io import write_atomic
+
+ARRIVALS = ("poisson", "gamma")
+LENGTH_DISTRIBUTIONS = ("fixed", "uniform", "lognormal")
+DEFAULT_VOCAB_SIZE = 32000
+
+
+# -- reading ----------------------------------------------------------------------------------------------------------
+
+
+def load_workload(path: Path) -> list[Request]:
+    """Every request of a JSONL trace, in arrival order; a PipesimError "<file>:<line>: <field> ..." on the first
+    bad line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PipesimError(f"{path}: cannot read the workload ({exc.strerror}); check the --dataset path") from None
+    requests: list[Request] = []
+    for line_no, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PipesimError(f"{where}: not UTF-8 text; a workload is JSON lines") from None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PipesimError(
+                f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); write one JSON object per line"
+            ) from None
+        requests.append(_request_from_row(row, where, len(requests)))
+    if not requests:
+        raise PipesimError(f"{path}: the workload holds no requests; give one JSON object per line")
+    requests.sort(key=lambda r: r.arrival_ns)  # stable: equal arrivals keep file order
+    return requests
+
+
+def _request_from_row(row: Any, where: str, request_id: int) -> Request:
+    if not isinstance(row, dict):
+        raise PipesimError(
+            f"{where}: a {type(row).__name__} where a JSON object goes; each line is "
+            '{"input_toks": N, "output_toks": N, "arrival_time_ns": T}'
+        )
+    input_toks = _token_count(row, "input_toks", where)
+    output_toks = _token_count(row, "output_toks", where)
+    arrival = _arrival_ns(row, where)
+    input_ids = _token_ids(row, "input_tok_ids", input_toks, where)
+    output_ids = _token_ids(row, "output_tok_ids", output_toks, where)
+    return Request(
+        request_id=request_id,
+        arrival_ns=arrival,
+        input_tokens=input_toks,
+        output_tokens=output_toks,
+        input_token_ids=input_ids,
+        output_token_ids=output_ids,
+        source=where,
+    )
+
+
+def _token_count(row: dict[str, Any], field: str, where: str) -> int:
+    if field not in row:
+        raise PipesimError(f"{where}: {field} is missing; every request needs input_toks, output_toks, arrival_time_ns")
+    value = row[field]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PipesimError(f"{where}: {field} is {json.dumps(value)}, not a number of tokens; give an integer >= 1")
+    if isinstance(value, float) and not value.is_integer():
+        raise PipesimError(f"{where}: {field} is {value}, not a whole number of tokens; give an integer >= 1")
+    count = int(value)
+    if count < 0:
+        raise PipesimError(f"{where}: {field} is {count}, a negative number of tokens; give an integer >= 1")
+    if count == 0:
+        raise PipesimError(f"{where}: {field} is 0; a request needs at least 1 prompt token and 1 output token")
+    return count
+
+
+def _arrival_ns(row: dict[str, Any], where: str) -> int:
+    if "arrival_time_ns" not in row:
+        raise PipesimError(f"{where}: arrival_time_ns is missing; give the arrival time in nanoseconds")
+    value = row["arrival_time_ns"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PipesimError(f"{where}: arrival_time_ns is {json.dumps(value)}, not a number; give nanoseconds >= 0")
+    if value < 0:
+        raise PipesimError(f"{where}: arrival_time_ns is {value}, before time 0; give nanoseconds >= 0")
+    return int(value)  # LLMServingSim truncates fractional nanoseconds the same way
+
+
+def _token_ids(row: dict[str, Any], field: str, count: int, where: str) -> tuple[int, ...] | None:
+    value = row.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(type(t) is int for t in value):
+        raise PipesimError(f"{where}: {field} must be a list of integer token ids")
+    if len(value) != count:
+        counted = "input_toks" if field == "input_tok_ids" else "output_toks"
+        raise PipesimError(
+            f"{where}: {field} holds {len(value)} ids but {counted} is {count}; make them agree or drop {field}"
+        )
+    return tuple(value)
+
+
+# -- writing ----------------------------------------------------------------------------------------------------------
+
+
+def workload_jsonl(requests: Sequence[Request]) -> bytes:
+    """Requests as LLMServingSim JSONL, in the order given (token ids written when known)."""
+    lines = []
+    for r in requests:
+        row: dict[str, Any] = {
+            "input_toks": r.input_tokens,
+            "output_toks": r.output_tokens,
+            "arrival_time_ns": r.arrival_ns,
+        }
+        if r.input_token_ids is not None:
+            row["input_tok_ids"] = list(r.input_token_ids)
+        if r.output_token_ids is not None:
+            row["output_tok_ids"] = list(r.output_token_ids)
+        lines.append(json.dumps(row, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_workload_jsonl(path: Path, requests: Sequence[Request]) -> None:
+    if not requests:
+        raise PipesimError(f"{path}: no requests to write; ask for --num-requests >= 1")
+    write_atomic(Path(path), workload_jsonl(requests))
+
+
+# -- generating -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What `pipesim workload` generates. Same spec and seed, same requests, byte for byte."""
+
+    num_requests: int
+    rate: float = math.inf  # requests per second; inf: all arrive at time 0
+    arrival: str = "poisson"  # or "gamma" (vLLM benchmark's burstiness as the shape)
+    burstiness: float = 1.0  # gamma shape; 1 is Poisson, < 1 burstier (CV = 1/sqrt(burstiness))
+    input_len: int = 1024
+    output_len: int = 128
+    length_dist: str = "fixed"  # "uniform": [len*(1-r), len*(1+r)]; "lognormal": mean len, log-sd sigma
+    range_ratio: float = 0.5
+    length_sigma: float = 0.5
+    lengths_from: Path | None = None  # resample (input, output) pairs from this JSONL instead
+    shared_prefix_groups: int = 0  # > 0: each request joins one of G groups sharing its first prefix_len token ids
+    prefix_len: int = 0
+    token_ids: bool = True  # write input_tok_ids (needed for prefix caching)
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.num_requests < 1:
+            raise PipesimError(f"--num-requests: {self.num_requests}; ask for at least 1 request")
+        if not (self.rate > 0):
+            raise PipesimError(f"--rate: {self.rate} requests/s; give a rate > 0 (inf: all at time 0)")
+        if self.arrival not in ARRIVALS:
+            raise PipesimError(f"--arrival: {self.arrival!r} is not an arrival process; use {' or '.join(ARRIVALS)}")
+        if not (self.burstiness > 0) or not math.isfinite(self.burstiness):
+            raise PipesimError(f"--burstiness: {self.burstiness}; give a finite gamma shape > 0 (1 is Poisson)")
+        if self.arrival == "poisson" and self.burstiness != 1.0:
+            raise PipesimError("--burstiness: only gamma arrivals have a burstiness; add --arrival gamma")
+        if self.length_dist not in LENGTH_DISTRIBUTIONS:
+            raise PipesimError(
+                f"--length-dist: {self.length_dist!r} is not a distribution; use {', '.join(LENGTH_DISTRIBUTIONS)}"
+            )
+        for flag, value in (("--input-len", self.input_len), ("--output-len", self.output_len)):
+            if value < 1:
+                raise PipesimError(f"{flag}: {value}; a request needs at least 1 token")
+        if not 0 <= self.range_ratio < 1:
+            raise PipesimError(f"--range-ratio: {self.range_ratio}; give 0 <= ratio < 1")
+        if not (self.length_sigma >= 0) or not math.isfinite(self.length_sigma):
+            raise PipesimError(f"--length-sigma: {self.length_sigma}; give a finite sigma >= 0")
+        if self.shared_prefix_groups < 0 or self.prefix_len < 0:
+            raise PipesimError("--shared-prefix-groups / --prefix-len: give numbers >= 0")
+        if (self.shared_prefix_groups > 0) != (self.prefix_len > 0):
+            raise PipesimError("--shared-prefix-groups and --prefix-len go together; give both (> 0) or neither")
+        if self.shared_prefix_groups > 0 and not self.token_ids:
+            raise PipesimError("--shared-prefix-groups: shared prefixes are token ids; drop --no-token-ids")
+        if self.vocab_size < 2:
+            raise PipesimError(f"--vocab-size: {self.vocab_size}; give at least 2 token ids")
+
+
+def generate_workload(spec: WorkloadSpec) -> list[Request]:
+    """Requests with seeded arrivals, lengths and token ids (Python's random.Random: the stream is stable across
+    platforms and Python versions)."""
+    spec.check()
+    rng = random.Random(spec.seed)
+    arrivals = _arrival_times_ns(spec, rng)
+    lengths = _lengths(spec, rng)
+    prefixes = [
+        tuple(rng.randrange(spec.vocab_size) for _ in range(spec.prefix_len)) for _ in range(spec.shared_prefix_groups)
+    ]
+    requests = []
+    for i, (arrival, (input_len, output_len)) in enumerate(zip(arrivals, lengths, strict=True)):
+        ids: tuple[int, ...] | None = None
+        if spec.token_ids:
+            prefix: tuple[int, ...] = ()
+            if prefixes:
+                prefix = prefixes[rng.randrange(len(prefixes))]
+                input_len = max(input_len, len(prefix) + 1)  # a group member always has its own last token
+            ids = prefix + tuple(rng.randrange(spec.vocab_size) for _ in range(input_len - len(prefix)))
+        requests.append(Request(i, arrival, input_len, output_len, input_token_ids=ids))
+    return requests
+
+
+def _arrival_times_ns(spec: WorkloadSpec, rng: random.Random) -> list[int]:
+    """vLLM benchmark's arrivals: the first request at 0, then gaps drawn from a gamma distribution with shape
+    `burstiness` and mean 1/rate (exponential, i.e. Poisson, for shape 1)."""
+    if math.isinf(spec.rate):
+        return [0] * spec.num_requests
+    shape = spec.burstiness if spec.arrival == "gamma" else 1.0
+    scale = 1.0 / (spec.rate * shape)
+    times, t = [], 0.0
+    for i in range(spec.num_requests):
+        if i > 0:
+            t += rng.gammavariate(shape, scale)
+        times.append(round(t * 1e9))
+    return times
+
+
+def _lengths(spec: WorkloadSpec, rng: random.Random) -> list[tuple[int, int]]:
+    if spec.lengths_from is not None:
+        source = load_workload(spec.lengths_from)
+        pairs = [(r.input_tokens, r.output_tokens) for r in source]
+        return [pairs[rng.randrange(len(pairs))] for _ in range(spec.num_requests)]
+    return [
+        (_draw_length(spec, spec.input_len, rng), _draw_length(spec, spec.output_len, rng))
+        for _ in range(spec.num_requests)
+    ]
+
+
+def _draw_length(spec: WorkloadSpec, mean: int, rng: random.Random) -> int:
+    if spec.length_dist == "fixed":
+        return mean
+    if spec.length_dist == "uniform":
+        low = max(1, math.floor(mean * (1 - spec.range_ratio)))
+        high = max(low, math.ceil(mean * (1 + spec.range_ratio)))
+        return rng.randint(low, high)
+    # Lognormal with the given mean: mu = ln(mean) - sigma^2 / 2.
+    sigma = spec.length_sigma
+    return max(1, round(rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma)))
