@@ -23,8 +23,12 @@ from llm_converter.schedules.actions import (
     read_actions_csv,
     write_actions_csv,
 )
+from llm_converter.schedules.dry_run import ActionTimes, DryRun, dry_run, peak_inflight, validate_schedule
+from llm_converter.schedules.dualpipe import dualpipev
 from llm_converter.schedules.gpipe import gpipe
+from llm_converter.schedules.interleaved import interleaved_1f1b, looped_bfs
 from llm_converter.schedules.one_f_one_b import one_f_one_b
+from llm_converter.schedules.zero_bubble import zb_h1, zb_h2, zb_v
 
 
 @dataclass(frozen=True)
@@ -32,17 +36,41 @@ class ScheduleFamily:
     """How to build one named schedule and what it requires of (pp, microbatches, chunks)."""
 
     build: Callable[[int, int, int], PipelineSchedule]  # (pp, microbatches, chunks)
-    default_chunks: int
-    takes_chunks: bool  # False: chunks is fixed at default_chunks
-    needs_m_ge_p: bool = False  # microbatches >= pp (torch's 1F1B-style schedules)
-    needs_m_multiple_of_p: bool = False  # microbatches divisible by pp (torch / Megatron interleaved)
-    summary: str = ""
+    default_chunks: int  # model chunks (stages) per rank when --chunks is not given
+    takes_chunks: bool  # False: the chunks per rank are fixed at default_chunks
+    min_microbatches: Callable[[int], int]  # of pp: torch's / the paper's lower bound
+    multiple_of_pp_when_chunked: bool  # m divisible by p when chunks > 1 (torch / Megatron interleaved)
+    summary: str
+
+
+def _at_least(n: int) -> Callable[[int], int]:
+    return lambda pp: n
 
 
 SCHEDULES: dict[str, ScheduleFamily] = {
-    "gpipe": ScheduleFamily(lambda p, m, v: gpipe(p, m), 1, False, summary="all forwards, then all backwards"),
+    "gpipe": ScheduleFamily(
+        lambda p, m, v: gpipe(p, m), 1, False, _at_least(1), False, "all forwards, then all backwards"
+    ),
     "1f1b": ScheduleFamily(
-        lambda p, m, v: one_f_one_b(p, m), 1, False, needs_m_ge_p=True, summary="warm-up, one forward one backward"
+        lambda p, m, v: one_f_one_b(p, m), 1, False, lambda p: p, False, "warm-up, then one forward one backward"
+    ),
+    "interleaved-1f1b": ScheduleFamily(
+        interleaved_1f1b, 2, True, _at_least(1), True, "1F1B over v model chunks per rank (Megatron's order)"
+    ),
+    "looped-bfs": ScheduleFamily(
+        looped_bfs, 2, True, _at_least(1), False, "v chunks per rank, each chunk's microbatches breadth first"
+    ),
+    "zb-h1": ScheduleFamily(
+        zb_h1, 1, True, lambda p: p, True, "1F1B with split backward, W fills the drain (zero bubble H1)"
+    ),
+    "zb-h2": ScheduleFamily(
+        lambda p, m, v: zb_h2(p, m), 1, False, lambda p: p, False, "more warm-up forwards, W at the tail (H2)"
+    ),
+    "zb-v": ScheduleFamily(
+        lambda p, m, v: zb_v(p, m), 2, False, _at_least(1), False, "zero bubble on a V of 2 chunks per rank"
+    ),
+    "dualpipev": ScheduleFamily(
+        lambda p, m, v: dualpipev(p, m), 2, False, lambda p: 2 * p, False, "DeepSeek's DualPipe folded in a V"
     ),
 }
 
@@ -53,8 +81,8 @@ def schedule_names() -> str:
 
 def build_schedule(name: str, pp: int, microbatches: int, chunks: int | None = None) -> PipelineSchedule:
     """The named schedule for `pp` ranks and `microbatches` microbatches. `chunks` (model chunks per rank) is
-    for the interleaved families; None takes the family's default (2 for interleaved-1f1b/looped-bfs, and
-    the V schedules always hold 2 stages per rank). PipesimError naming the flag for bad input."""
+    for interleaved-1f1b, looped-bfs (default 2) and zb-h1 (default 1); zb-v and dualpipev always hold 2
+    stages per rank (chunks None or 2), the others 1 (None or 1). PipesimError naming the flag for bad input."""
     family = SCHEDULES.get(name)
     if family is None:
         raise PipesimError(f"--schedule: unknown schedule '{name}'; choose one of {schedule_names()}")
@@ -68,20 +96,21 @@ def build_schedule(name: str, pp: int, microbatches: int, chunks: int | None = N
         raise PipesimError(f"--chunks: {chunks}; give at least 1 model chunk per rank")
     if not family.takes_chunks and chunks != family.default_chunks:
         fixed = "one stage" if family.default_chunks == 1 else f"{family.default_chunks} stages"
+        takers = ", ".join(n for n, f in SCHEDULES.items() if f.takes_chunks)
         raise PipesimError(
-            f"--chunks: schedule '{name}' holds {fixed} per rank and takes no --chunks; "
-            f"drop --chunks or use interleaved-1f1b / looped-bfs"
+            f"--chunks: schedule '{name}' holds {fixed} per rank and takes no --chunks {chunks}; "
+            f"drop --chunks or use one of {takers}"
         )
-    if family.needs_m_ge_p and microbatches < pp:
+    least = family.min_microbatches(pp)
+    if microbatches < least:
         raise PipesimError(
-            f"--microbatches: schedule '{name}' needs at least as many microbatches as pipeline ranks "
-            f"({microbatches} < --pp {pp}); give --microbatches >= {pp}"
+            f"--microbatches: schedule '{name}' on {pp} ranks needs at least {least} microbatches, got "
+            f"{microbatches}; give --microbatches >= {least}"
         )
-    if family.needs_m_multiple_of_p and microbatches % pp:
+    if family.multiple_of_pp_when_chunked and chunks > 1 and microbatches % pp:
         raise PipesimError(
-            f"--microbatches: schedule '{name}' needs microbatches divisible by the pipeline ranks "
-            f"({microbatches} % --pp {pp} = {microbatches % pp}), as torch and Megatron-LM require; "
-            f"give a multiple of {pp}"
+            f"--microbatches: schedule '{name}' with {chunks} chunks per rank needs microbatches divisible by "
+            f"--pp {pp} (as torch and Megatron-LM require), got {microbatches}; give a multiple of {pp}"
         )
     return family.build(pp, microbatches, chunks)
 
@@ -93,6 +122,11 @@ def load_schedule(path: Path, name: str | None = None) -> PipelineSchedule:
 
 __all__ = [
     "Action",
+    "ActionTimes",
+    "DryRun",
+    "dry_run",
+    "peak_inflight",
+    "validate_schedule",
     "Computation",
     "PipelineSchedule",
     "SCHEDULES",
