@@ -266,3 +266,26 @@ def test_interval_log_several_instances() -> None:
     assert lines == [
         "[INFO] step=2 inst0_batch=6 inst1_batch=4 prompt_t=2.5k tok/s decode_t=860 tok/s npu_mem=[63.2 GB, 63.1 GB]"
     ]
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    from astra_driver.serving.progress import ServingProgress
+
+    quiet = io.StringIO()  # not a terminal: no bar, nothing written
+    with ServingProgress(total_requests=10, stream=quiet) as progress:
+        assert not progress.enabled
+        progress.update(5, 2 * S)
+    assert quiet.getvalue() == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    with ServingProgress(total_requests=10, stream=term) as progress:
+        assert progress.enabled
+        for done in range(11):
+            progress.update(done, done * S)
+    assert term.getvalue() != ""  # rich drew (and, transient, cleared) the bar
