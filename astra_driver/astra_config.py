@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llm_converter.comm_groups import parse_group_id
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Workload
 
@@ -97,51 +99,248 @@ class AstraConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Loaders: read ASTRA-Sim's own files, reject what ASTRA-Sim would reject (or silently mis-simulate).
+# Checks: the one home of what ASTRA-Sim rejects (or silently mis-simulates). The loaders run them on what
+# they read (`where` = the file's path), the writer (astra_files) on what it is about to write (`where` = the
+# file's name), so both refuse the same values with the same words.
 # ---------------------------------------------------------------------------------------------------------
 
-_IMPLEMENTATION_KEYS = (
-    "all-reduce-implementation",
-    "all-gather-implementation",
-    "reduce-scatter-implementation",
-    "all-to-all-implementation",
+NETWORK_FILE = "network.yml"
+SYSTEM_FILE = "system.json"
+MEMORY_FILE = "memory.json"
+COMM_GROUPS_FILE = "comm_groups.json"
+
+# ASTRA-Sim reads counts, delays and ranks into C++ ints (yaml-cpp `as<int>`, nlohmann `get<int>`, stoi).
+INT32_MAX = 2**31 - 1
+
+_IMPLEMENTATION_FIELDS = (
+    "all_reduce_implementation",
+    "all_gather_implementation",
+    "reduce_scatter_implementation",
+    "all_to_all_implementation",
 )
+
+
+def _finite_at_least(value: float, minimum: float, strict: bool) -> bool:
+    return math.isfinite(value) and (value > minimum if strict else value >= minimum)
+
+
+def check_network(network: NetworkConfig, where: str = NETWORK_FILE) -> None:
+    dims = len(network.topology)
+    if dims == 0:
+        raise PipesimError(f"{where}: topology: empty; give one of {', '.join(TOPOLOGIES)} per dimension")
+    for name in network.topology:
+        if name not in TOPOLOGIES:
+            raise PipesimError(f"{where}: topology: unknown {_show(name)}; allowed: {', '.join(TOPOLOGIES)}")
+    for key in ("npus_count", "bandwidth", "latency"):
+        values = getattr(network, key)
+        if len(values) != dims:
+            raise PipesimError(
+                f"{where}: {key} has {len(values)} entries but topology has {dims} dimensions; give one per dimension"
+            )
+    for dim, count in enumerate(network.npus_count):
+        if count < 2:
+            raise PipesimError(
+                f"{where}: npus_count[{dim}] = {count}; ASTRA-Sim needs at least 2 NPUs per dimension (drop the "
+                "dimension, or simulate a 1-NPU run with pipesim's builtin engine)"
+            )
+        if count > INT32_MAX:
+            raise PipesimError(f"{where}: npus_count[{dim}]: over {INT32_MAX}; ASTRA-Sim reads it as a 32-bit int")
+    for dim, bandwidth in enumerate(network.bandwidth):
+        if not _finite_at_least(bandwidth, 0, strict=True):
+            raise PipesimError(
+                f"{where}: bandwidth[{dim}] = {bandwidth:g}; bandwidth must be > 0 GB/s, a finite number"
+            )
+    for dim, latency in enumerate(network.latency):
+        if not _finite_at_least(latency, 0, strict=False):
+            raise PipesimError(f"{where}: latency[{dim}] = {latency:g}; latency must be >= 0 ns, a finite number")
+
+
+def check_system(system: SystemConfig, dims: int | None, where: str = SYSTEM_FILE) -> None:
+    """With `dims`, every implementation list must have one entry per network dimension."""
+    if system.scheduling_policy not in SCHEDULING_POLICIES:
+        raise PipesimError(
+            f"{where}: scheduling-policy: unknown {_show(system.scheduling_policy)}; "
+            f"allowed: {', '.join(SCHEDULING_POLICIES)}"
+        )
+    if not 0 < system.endpoint_delay <= INT32_MAX:
+        raise PipesimError(
+            f"{where}: endpoint-delay = {system.endpoint_delay}; ASTRA-Sim asserts it is > 0 (use 10) and reads "
+            "it as a 32-bit int"
+        )
+    for key in ("active_chunks_per_dimension", "preferred_dataset_splits"):
+        value = getattr(system, key)
+        if not 1 <= value <= INT32_MAX:
+            raise PipesimError(f"{where}: {key.replace('_', '-')} = {value}; it must be >= 1 (a 32-bit int)")
+    for key in _IMPLEMENTATION_FIELDS:
+        names = getattr(system, key)
+        label = key.replace("_", "-")
+        if not names:
+            raise PipesimError(f"{where}: {label}: empty; give one implementation per network dimension")
+        for name in names:
+            if name not in COLLECTIVE_IMPLEMENTATIONS:
+                raise PipesimError(
+                    f"{where}: {label}: unknown {_show(name)}; allowed: {', '.join(COLLECTIVE_IMPLEMENTATIONS)}"
+                )
+        if dims is not None and len(names) != dims:
+            raise PipesimError(
+                f"{where}: {label} has {len(names)} entries but the network has {dims} dimensions; "
+                "give one per dimension"
+            )
+    if system.collective_optimization not in COLLECTIVE_OPTIMIZATIONS:
+        raise PipesimError(
+            f"{where}: collective-optimization: unknown {_show(system.collective_optimization)}; "
+            f"allowed: {', '.join(COLLECTIVE_OPTIMIZATIONS)}"
+        )
+    # Infinity/NaN: no simulated time comes out of them, and JSON (ASTRA-Sim's parser) cannot hold them.
+    if not _finite_at_least(system.local_mem_bw, 0, strict=True):
+        raise PipesimError(f"{where}: local-mem-bw = {system.local_mem_bw:g}; it must be > 0 GB/s, a finite number")
+    if not _finite_at_least(system.peak_perf, 0, strict=True):
+        raise PipesimError(f"{where}: peak-perf = {system.peak_perf:g}; it must be > 0 TFLOPS, a finite number")
+
+
+def check_memory(memory: MemoryConfig, where: str = MEMORY_FILE) -> None:
+    if memory.memory_type not in MEMORY_TYPES:
+        raise PipesimError(
+            f"{where}: memory-type: unknown {_show(memory.memory_type)}; allowed: {', '.join(MEMORY_TYPES)}"
+        )
+    if memory.memory_type == "NO_MEMORY_EXPANSION":
+        return
+    if not _finite_at_least(memory.remote_mem_bw, 0, strict=True):
+        raise PipesimError(f"{where}: remote-mem-bw = {memory.remote_mem_bw:g}; it must be > 0 GB/s, a finite number")
+    if not _finite_at_least(memory.remote_mem_latency, 0, strict=False):
+        raise PipesimError(
+            f"{where}: remote-mem-latency = {memory.remote_mem_latency:g}; it must be >= 0 ns, a finite number"
+        )
+    if not (1 <= memory.num_nodes <= INT32_MAX and 1 <= memory.num_npus_per_node <= INT32_MAX):
+        raise PipesimError(f"{where}: num-nodes and num-npus-per-node must be >= 1 (32-bit ints)")
+
+
+def check_comm_groups(groups: dict[str, list[int]], npus: int | None, where: str = COMM_GROUPS_FILE) -> None:
+    """Keys are canonical group ids (see llm_converter.comm_groups); with `npus`, every rank must exist."""
+    for name, ranks in groups.items():
+        value = parse_group_id(name)
+        if value is None or value == 0 or str(value) != name:
+            raise PipesimError(
+                f"{where}: group {_show(name)}: ids must be positive decimal integers up to {INT32_MAX} "
+                "('0' and '' mean all NPUs)"
+            )
+        if not ranks:
+            raise PipesimError(f"{where}: group {name}: no ranks; give at least one")
+        for rank in ranks:
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= INT32_MAX:
+                raise PipesimError(f"{where}: group {name}: rank {_show(rank)} is not a rank (an integer >= 0)")
+            if npus is not None and rank >= npus:
+                raise PipesimError(
+                    f"{where}: group {name}: rank {rank} is outside the network's {npus} NPUs (ranks 0..{npus - 1}); "
+                    "remove it from the group"
+                )
+        if len(set(ranks)) != len(ranks):
+            raise PipesimError(f"{where}: group {name}: a rank appears twice")
+
+
+def check_astra_config(config: AstraConfig) -> None:
+    """Everything one run is configured with, as the files pipesim writes would hold it."""
+    check_network(config.network)
+    check_system(config.system, config.network.dims)
+    check_memory(config.memory)
+    check_comm_groups(config.comm_groups, config.network.npus)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loaders: read ASTRA-Sim's own files into the dataclasses (types, keys, hostile text), then run the checks.
+# ---------------------------------------------------------------------------------------------------------
+
+_IMPLEMENTATION_KEYS = tuple(key.replace("_", "-") for key in _IMPLEMENTATION_FIELDS)
+
+# Values quoted in messages stay short however large or nested they are (a YAML alias can nest a list
+# exponentially; reprlib never expands more than a few levels and items).
+_REPR = reprlib.Repr()
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlevel = 2
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 4
+
+
+def _show(value: Any) -> str:
+    return _REPR.repr(value)
 
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise PipesimError(f"{path}: no such file (give the path of the {what})") from None
     except IsADirectoryError:
         raise PipesimError(f"{path}: is a directory (give the path of the {what} file)") from None
     except OSError as exc:
         raise PipesimError(f"{path}: cannot read the {what} ({exc.strerror})") from None
-
-
-def _load_json_object(path: Path, what: str) -> dict[str, Any]:
-    text = _read_text(path, what)
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise PipesimError(f"{path}: the {what} is UTF-16 text; save it as UTF-8 (ASTRA-Sim reads UTF-8)")
     try:
-        data = json.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PipesimError(
+            f"{path}: line {line}, byte {exc.start}: not valid UTF-8 text; save the {what} as UTF-8"
+        ) from None
+
+
+def _parse_failure(path: Path, what: str, exc: BaseException) -> PipesimError:
+    """The one-line error of a parser that gave up on hostile text (nesting, giant integers)."""
+    if isinstance(exc, RecursionError):
+        return PipesimError(f"{path}: nested too deeply to read; the {what} holds flat lists and numbers")
+    if "4300 digits" in str(exc) or "integer string conversion" in str(exc):
+        return PipesimError(f"{path}: an integer of over 4300 digits; no field of the {what} takes one")
+    return PipesimError(f"{path}: cannot read the {what} ({exc}); fix the file")
+
+
+def _load_json_object(path: Path, what: str) -> tuple[dict[str, Any], list[str]]:
+    """The top-level object of a JSON file, and the keys that appear in it more than once."""
+    text = _read_text(path, what)
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in items:
+            if key in result:
+                repeated.append(key)
+            result[key] = value
+        return result
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise PipesimError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); fix the {what}") from None
+    except (RecursionError, ValueError) as exc:
+        raise _parse_failure(path, what, exc) from None
     if not isinstance(data, dict):
         raise PipesimError(f"{path}: the {what} must be a JSON object of key: value pairs")
-    return data
+    return data, repeated
 
 
 def _number(path: Path, key: str, value: Any, integer: bool = False) -> float | int:
     # bool is an int in Python; ASTRA-Sim's JSON reader would not take true/false for a number either.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PipesimError(f"{path}: {key}: expected a number, got {value!r}")
-    if not math.isfinite(value):
+        raise PipesimError(f"{path}: {key}: expected a number, got {_show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
         # YAML's .inf/.nan and Python's JSON reader's Infinity/NaN: no simulator time comes out of them.
         raise PipesimError(f"{path}: {key}: expected a finite number, got {value!r}; write a plain number")
     if integer:
         if isinstance(value, float) and not value.is_integer():
             raise PipesimError(f"{path}: {key}: expected an integer, got {value!r}")
+        if abs(value) > INT32_MAX:
+            raise PipesimError(f"{path}: {key}: {_show(value)} is over {INT32_MAX}; ASTRA-Sim reads a 32-bit int")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise PipesimError(f"{path}: {key}: {_show(value)} is too large for a number (over 1.8e308)") from None
+
+
+def _name(path: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise PipesimError(f"{path}: {key}: expected a name (a string), got {_show(value)}")
+    return value
 
 
 def _flag(path: Path, key: str, value: Any) -> bool:
@@ -149,7 +348,7 @@ def _flag(path: Path, key: str, value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise PipesimError(f"{path}: {key}: expected 0 or 1, got {value!r}")
+    raise PipesimError(f"{path}: {key}: expected 0 or 1, got {_show(value)}")
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -171,169 +370,107 @@ _NetworkYamlLoader.add_implicit_resolver(
 def load_network(path: Path | str) -> NetworkConfig:
     """network.yml of the analytical backend: topology, npus_count, bandwidth, latency (one entry per dim)."""
     path = Path(path)
-    text = _read_text(path, "network config (network.yml)")
+    what = "network config (network.yml)"
+    text = _read_text(path, what)
     try:
         data = yaml.load(text, Loader=_NetworkYamlLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise PipesimError(f"{path}: {where}not valid YAML; fix the network config") from None
+    except (RecursionError, ValueError, OverflowError) as exc:
+        raise _parse_failure(path, what, exc) from None
     if not isinstance(data, dict):
         raise PipesimError(f"{path}: expected keys topology, npus_count, bandwidth, latency (a YAML mapping)")
     for key in ("topology", "npus_count", "bandwidth", "latency"):
         if key not in data:
             raise PipesimError(f"{path}: missing key '{key}' (one entry per network dimension)")
-    topology = [str(t) for t in _as_list(data["topology"])]
-    npus_count = [_number(path, "npus_count", v, integer=True) for v in _as_list(data["npus_count"])]
-    bandwidth = [_number(path, "bandwidth", v) for v in _as_list(data["bandwidth"])]
-    latency = [_number(path, "latency", v) for v in _as_list(data["latency"])]
-    dims = len(topology)
-    if dims == 0:
-        raise PipesimError(f"{path}: topology: empty; give one of {', '.join(TOPOLOGIES)} per dimension")
-    for name in topology:
-        if name not in TOPOLOGIES:
-            raise PipesimError(f"{path}: topology: unknown '{name}'; allowed: {', '.join(TOPOLOGIES)}")
-    for key, values in (("npus_count", npus_count), ("bandwidth", bandwidth), ("latency", latency)):
-        if len(values) != dims:
-            raise PipesimError(
-                f"{path}: {key} has {len(values)} entries but topology has {dims} dimensions; give one per dimension"
-            )
-    for dim, count in enumerate(npus_count):
-        if count < 2:
-            raise PipesimError(f"{path}: npus_count[{dim}] = {count}; every dimension needs at least 2 NPUs")
-    for dim, bw in enumerate(bandwidth):
-        if not bw > 0:
-            raise PipesimError(f"{path}: bandwidth[{dim}] = {bw:g}; bandwidth must be > 0 GB/s")
-    for dim, lat in enumerate(latency):
-        if lat < 0:
-            raise PipesimError(f"{path}: latency[{dim}] = {lat:g}; latency must be >= 0 ns")
-    return NetworkConfig(topology=topology, npus_count=npus_count, bandwidth=bandwidth, latency=latency)
+    network = NetworkConfig(
+        topology=[_name(path, "topology", v) for v in _as_list(data["topology"])],
+        npus_count=[_number(path, "npus_count", v, integer=True) for v in _as_list(data["npus_count"])],
+        bandwidth=[_number(path, "bandwidth", v) for v in _as_list(data["bandwidth"])],
+        latency=[_number(path, "latency", v) for v in _as_list(data["latency"])],
+    )
+    check_network(network, str(path))
+    return network
 
 
 def load_system(path: Path | str, dims: int | None = None) -> SystemConfig:
     """system.json. With `dims`, the implementation lists must have one entry per network dimension."""
     path = Path(path)
-    data = _load_json_object(path, "system config (system.json)")
+    data, _ = _load_json_object(path, "system config (system.json)")
     kwargs: dict[str, Any] = {}
-    if "scheduling-policy" in data:
-        policy = data["scheduling-policy"]
-        if policy not in SCHEDULING_POLICIES:
-            raise PipesimError(
-                f"{path}: scheduling-policy: unknown {policy!r}; allowed: {', '.join(SCHEDULING_POLICIES)}"
-            )
-        kwargs["scheduling_policy"] = policy
-    if "endpoint-delay" in data:
-        delay = _number(path, "endpoint-delay", data["endpoint-delay"], integer=True)
-        if delay <= 0:
-            raise PipesimError(f"{path}: endpoint-delay = {delay}; ASTRA-Sim asserts it is > 0 (use 10)")
-        kwargs["endpoint_delay"] = delay
-    if "active-chunks-per-dimension" in data:
-        chunks = _number(path, "active-chunks-per-dimension", data["active-chunks-per-dimension"], integer=True)
-        if chunks < 1:
-            raise PipesimError(f"{path}: active-chunks-per-dimension = {chunks}; must be >= 1")
-        kwargs["active_chunks_per_dimension"] = chunks
-    if "preferred-dataset-splits" in data:
-        splits = _number(path, "preferred-dataset-splits", data["preferred-dataset-splits"], integer=True)
-        if splits < 1:
-            raise PipesimError(f"{path}: preferred-dataset-splits = {splits}; must be >= 1")
-        kwargs["preferred_dataset_splits"] = splits
+    for key in ("scheduling-policy", "collective-optimization"):
+        if key in data:
+            kwargs[key.replace("-", "_")] = _name(path, key, data[key])
+    for key in ("endpoint-delay", "active-chunks-per-dimension", "preferred-dataset-splits"):
+        if key in data:
+            kwargs[key.replace("-", "_")] = _number(path, key, data[key], integer=True)
     for key in _IMPLEMENTATION_KEYS:
-        if key not in data:
-            continue
-        raw = data[key]
-        names = [str(v) for v in _as_list(raw)]
-        if not names:
-            raise PipesimError(f"{path}: {key}: empty; give one implementation per network dimension")
-        for name in names:
-            if name not in COLLECTIVE_IMPLEMENTATIONS:
-                raise PipesimError(f"{path}: {key}: unknown '{name}'; allowed: {', '.join(COLLECTIVE_IMPLEMENTATIONS)}")
-        if dims is not None and len(names) != dims:
-            raise PipesimError(
-                f"{path}: {key} has {len(names)} entries but the network has {dims} dimensions; give one per dimension"
-            )
-        kwargs[key.replace("-", "_")] = names
-    if "collective-optimization" in data:
-        optimization = data["collective-optimization"]
-        if optimization not in COLLECTIVE_OPTIMIZATIONS:
-            raise PipesimError(
-                f"{path}: collective-optimization: unknown {optimization!r}; "
-                f"allowed: {', '.join(COLLECTIVE_OPTIMIZATIONS)}"
-            )
-        kwargs["collective_optimization"] = optimization
-    if "local-mem-bw" in data:
-        local_bw = _number(path, "local-mem-bw", data["local-mem-bw"])
-        if not local_bw > 0:
-            raise PipesimError(f"{path}: local-mem-bw = {local_bw:g}; must be > 0 GB/s")
-        kwargs["local_mem_bw"] = local_bw
-    if "peak-perf" in data:
-        peak = _number(path, "peak-perf", data["peak-perf"])
-        if not peak > 0:
-            raise PipesimError(f"{path}: peak-perf = {peak:g}; must be > 0 TFLOPS")
-        kwargs["peak_perf"] = peak
+        if key in data:
+            kwargs[key.replace("-", "_")] = [_name(path, key, v) for v in _as_list(data[key])]
+    for key in ("local-mem-bw", "peak-perf"):
+        if key in data:
+            kwargs[key.replace("-", "_")] = _number(path, key, data[key])
     for key in ("roofline-enabled", "replay-only", "trace-enabled", "track-local-mem"):
         if key in data:
             kwargs[key.replace("-", "_")] = _flag(path, key, data[key])
-    return SystemConfig(**kwargs)
+    system = SystemConfig(**kwargs)
+    check_system(system, dims, str(path))
+    return system
 
 
 def load_memory(path: Path | str) -> MemoryConfig:
     """memory.json (remote memory for MEM_LOAD/MEM_STORE nodes)."""
     path = Path(path)
-    data = _load_json_object(path, "remote memory config (memory.json)")
-    memory_type = data.get("memory-type")
-    if memory_type is None:
+    data, _ = _load_json_object(path, "remote memory config (memory.json)")
+    if "memory-type" not in data:
         raise PipesimError(f"{path}: missing key 'memory-type'; allowed: {', '.join(MEMORY_TYPES)}")
-    if memory_type not in MEMORY_TYPES:
-        raise PipesimError(f"{path}: memory-type: unknown {memory_type!r}; allowed: {', '.join(MEMORY_TYPES)}")
-    if memory_type == "NO_MEMORY_EXPANSION":
-        return MemoryConfig(memory_type=memory_type)
-    for key in ("remote-mem-latency", "remote-mem-bw"):
-        if key not in data:
-            raise PipesimError(f"{path}: missing key '{key}' (required with memory-type {memory_type})")
-    bw = _number(path, "remote-mem-bw", data["remote-mem-bw"])
-    if not bw > 0:
-        raise PipesimError(f"{path}: remote-mem-bw = {bw:g}; must be > 0 GB/s")
-    latency = _number(path, "remote-mem-latency", data["remote-mem-latency"])
-    if latency < 0:
-        raise PipesimError(f"{path}: remote-mem-latency = {latency:g}; must be >= 0 ns")
-    num_nodes = _number(path, "num-nodes", data.get("num-nodes", 1), integer=True)
-    per_node = _number(path, "num-npus-per-node", data.get("num-npus-per-node", 1), integer=True)
-    if num_nodes < 1 or per_node < 1:
-        raise PipesimError(f"{path}: num-nodes and num-npus-per-node must be >= 1")
-    return MemoryConfig(
-        memory_type=memory_type,
-        num_nodes=num_nodes,
-        num_npus_per_node=per_node,
-        remote_mem_latency=latency,
-        remote_mem_bw=bw,
-    )
+    memory_type = _name(path, "memory-type", data["memory-type"])
+    if memory_type == "NO_MEMORY_EXPANSION" or memory_type not in MEMORY_TYPES:
+        memory = MemoryConfig(memory_type=memory_type)
+    else:
+        for key in ("remote-mem-latency", "remote-mem-bw"):
+            if key not in data:
+                raise PipesimError(f"{path}: missing key '{key}' (required with memory-type {memory_type})")
+        memory = MemoryConfig(
+            memory_type=memory_type,
+            num_nodes=_number(path, "num-nodes", data.get("num-nodes", 1), integer=True),
+            num_npus_per_node=_number(path, "num-npus-per-node", data.get("num-npus-per-node", 1), integer=True),
+            remote_mem_latency=_number(path, "remote-mem-latency", data["remote-mem-latency"]),
+            remote_mem_bw=_number(path, "remote-mem-bw", data["remote-mem-bw"]),
+        )
+    check_memory(memory, str(path))
+    return memory
 
 
 def load_comm_groups(path: Path | str, npus: int | None = None) -> dict[str, list[int]]:
-    """groups.json: {"<id>": [ranks]}. With `npus`, every rank must exist in the network."""
+    """groups.json: {"<id>": [ranks]}, keyed by canonical ids ("01" -> "1", as ASTRA-Sim's stoi reads them).
+    With `npus`, every rank must exist in the network."""
     path = Path(path)
-    data = _load_json_object(path, "comm group config")
+    data, repeated = _load_json_object(path, "comm group config")
+    if repeated:
+        raise PipesimError(f"{path}: group {_show(repeated[0])} appears twice; give each group once")
     groups: dict[str, list[int]] = {}
+    spelled: dict[str, str] = {}
     for name, ranks in data.items():
-        if not str(name).isdigit() or name in ("0",):
+        value = parse_group_id(name)
+        if value is None or value == 0:
             raise PipesimError(
-                f"{path}: group {name!r}: ids must be positive decimal strings ('0' and '' mean all NPUs)"
+                f"{path}: group {_show(name)}: ids must be positive decimal integers up to {INT32_MAX} "
+                "('0' and '' mean all NPUs)"
             )
-        if not isinstance(ranks, list) or not ranks:
-            raise PipesimError(f"{path}: group {name}: expected a non-empty list of ranks")
-        members: list[int] = []
-        for rank in ranks:
-            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-                raise PipesimError(f"{path}: group {name}: rank {rank!r} is not a non-negative integer")
-            if npus is not None and rank >= npus:
-                raise PipesimError(
-                    f"{path}: group {name}: rank {rank} is outside the network's {npus} NPUs (ranks 0..{npus - 1}); "
-                    "remove it from the group"
-                )
-            members.append(rank)
-        if len(set(members)) != len(members):
-            raise PipesimError(f"{path}: group {name}: a rank appears twice")
-        groups[str(name)] = members
+        key = str(value)
+        if key in groups:
+            raise PipesimError(
+                f"{path}: groups {_show(spelled[key])} and {_show(name)} are both group {key} (ASTRA-Sim reads ids "
+                "as integers); give each group once"
+            )
+        if not isinstance(ranks, list):
+            raise PipesimError(f"{path}: group {key}: expected a list of ranks, got {_show(ranks)}")
+        groups[key] = list(ranks)
+        spelled[key] = name
+    check_comm_groups(groups, npus, str(path))
     return groups
 
 

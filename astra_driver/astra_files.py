@@ -24,7 +24,6 @@ How a cluster instance maps onto ASTRA-Sim (each instance is simulated alone, ra
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +31,19 @@ import jinja2
 import yaml
 
 from astra_driver.astra_config import (
-    COLLECTIVE_IMPLEMENTATIONS,
-    COLLECTIVE_OPTIMIZATIONS,
-    MEMORY_TYPES,
-    SCHEDULING_POLICIES,
-    TOPOLOGIES,
+    COMM_GROUPS_FILE,
+    MEMORY_FILE,
+    NETWORK_FILE,
+    SYSTEM_FILE,
     AstraConfig,
     MemoryConfig,
     NetworkConfig,
     SystemConfig,
+    check_astra_config,
 )
 from astra_driver.cluster_config import ClusterConfig, InstanceConfig, PlacedInstance
 from llm_converter.errors import PipesimError
 from llm_converter.io import write_atomic
-
-NETWORK_FILE = "network.yml"
-SYSTEM_FILE = "system.json"
-MEMORY_FILE = "memory.json"
-COMM_GROUPS_FILE = "comm_groups.json"
 
 # Topology of every dimension pipesim generates (see the module docstring for why).
 INSTANCE_TOPOLOGY = "FullyConnected"
@@ -67,11 +61,13 @@ def astra_config_for_instance(
     comm_groups: dict[str, list[int]] | None = None,
     *,
     remote_memory: bool = False,
+    network: NetworkConfig | None = None,
 ) -> AstraConfig:
     """The ASTRA-Sim configuration one instance of `cluster` is simulated with; `comm_groups` use the
-    instance's local ranks (0..num_npus-1), e.g. ParallelPlan.comm_groups()."""
+    instance's local ranks (0..num_npus-1), e.g. ParallelPlan.comm_groups(). `network` replaces the
+    instance's own (flag-built clusters pass cluster_network.node_network's)."""
     placed = _placed(cluster, instance)
-    network = instance_network(cluster, placed)
+    network = network if network is not None else instance_network(cluster, placed)
     dims = network.dims
     implementation = [DEFAULT_COLLECTIVE_IMPLEMENTATION] * dims
     system = SystemConfig(
@@ -179,7 +175,8 @@ _ENV = _environment()
 
 
 def render_astra_files(config: AstraConfig) -> dict[str, str]:
-    """{file name: text} of network.yml, system.json, memory.json and (when groups exist) comm_groups.json."""
+    """{file name: text} of network.yml, system.json, memory.json and (when groups exist) comm_groups.json.
+    The values are checked first by astra_config's checks, the same ones its loaders run on files read."""
     check_astra_config(config)
     texts = {
         NETWORK_FILE: _ENV.get_template("network.yml.j2").render(network=config.network),
@@ -209,115 +206,3 @@ def write_astra_files(out_dir: Path | str, config: AstraConfig) -> dict[str, Pat
         write_atomic(path, text.encode())
         paths[keys[name]] = path
     return paths
-
-
-def check_astra_config(config: AstraConfig) -> None:
-    """Reject what ASTRA-Sim would reject (or silently mis-simulate), before anything is written."""
-    _check_network(config.network)
-    _check_system(config.system, config.network.dims)
-    _check_memory(config.memory)
-    _check_comm_groups(config.comm_groups, config.network.npus)
-
-
-def _check_network(network: NetworkConfig) -> None:
-    dims = len(network.topology)
-    if dims == 0:
-        raise PipesimError(f"{NETWORK_FILE}: topology is empty; give one of {', '.join(TOPOLOGIES)} per dimension")
-    for name in network.topology:
-        if name not in TOPOLOGIES:
-            raise PipesimError(f"{NETWORK_FILE}: topology: unknown {name!r}; allowed: {', '.join(TOPOLOGIES)}")
-    for key in ("npus_count", "bandwidth", "latency"):
-        values = getattr(network, key)
-        if len(values) != dims:
-            raise PipesimError(
-                f"{NETWORK_FILE}: {key} has {len(values)} entries but topology has {dims}; give one per dimension"
-            )
-    for dim, count in enumerate(network.npus_count):
-        if count < 2:
-            raise PipesimError(
-                f"{NETWORK_FILE}: npus_count[{dim}] = {count}; ASTRA-Sim needs at least 2 NPUs per dimension, "
-                "so simulate a 1-NPU instance with pipesim's builtin engine, or give it num_npus >= 2"
-            )
-    for dim, bandwidth in enumerate(network.bandwidth):
-        if not (bandwidth > 0 and math.isfinite(bandwidth)):
-            raise PipesimError(f"{NETWORK_FILE}: bandwidth[{dim}] = {bandwidth:g}; it must be a finite number > 0 GB/s")
-    for dim, latency in enumerate(network.latency):
-        if not (latency >= 0 and math.isfinite(latency)):
-            raise PipesimError(f"{NETWORK_FILE}: latency[{dim}] = {latency:g}; it must be a finite number >= 0 ns")
-
-
-def _check_system(system: SystemConfig, dims: int) -> None:
-    if system.scheduling_policy not in SCHEDULING_POLICIES:
-        raise PipesimError(
-            f"{SYSTEM_FILE}: scheduling-policy {system.scheduling_policy!r}; allowed: {', '.join(SCHEDULING_POLICIES)}"
-        )
-    if system.endpoint_delay <= 0:
-        raise PipesimError(f"{SYSTEM_FILE}: endpoint-delay = {system.endpoint_delay}; ASTRA-Sim asserts > 0 (use 10)")
-    for key in ("active_chunks_per_dimension", "preferred_dataset_splits"):
-        if getattr(system, key) < 1:
-            raise PipesimError(f"{SYSTEM_FILE}: {key.replace('_', '-')} = {getattr(system, key)}; it must be >= 1")
-    for key in (
-        "all_reduce_implementation",
-        "all_gather_implementation",
-        "reduce_scatter_implementation",
-        "all_to_all_implementation",
-    ):
-        names = getattr(system, key)
-        label = key.replace("_", "-")
-        if len(names) != dims:
-            raise PipesimError(
-                f"{SYSTEM_FILE}: {label} has {len(names)} entries but the network has {dims} dimensions; "
-                "give one per dimension"
-            )
-        for name in names:
-            if name not in COLLECTIVE_IMPLEMENTATIONS:
-                raise PipesimError(
-                    f"{SYSTEM_FILE}: {label}: unknown {name!r}; allowed: {', '.join(COLLECTIVE_IMPLEMENTATIONS)}"
-                )
-    if system.collective_optimization not in COLLECTIVE_OPTIMIZATIONS:
-        raise PipesimError(
-            f"{SYSTEM_FILE}: collective-optimization {system.collective_optimization!r}; "
-            f"allowed: {', '.join(COLLECTIVE_OPTIMIZATIONS)}"
-        )
-    # Infinity/NaN would render as JSON ASTRA-Sim's parser rejects (and pipesim's loader refuses).
-    if not (system.local_mem_bw > 0 and math.isfinite(system.local_mem_bw)):
-        raise PipesimError(
-            f"{SYSTEM_FILE}: local-mem-bw = {system.local_mem_bw:g}; it must be a finite number > 0 GB/s"
-        )
-    if not (system.peak_perf > 0 and math.isfinite(system.peak_perf)):
-        raise PipesimError(f"{SYSTEM_FILE}: peak-perf = {system.peak_perf:g}; it must be a finite number > 0 TFLOPS")
-
-
-def _check_memory(memory: MemoryConfig) -> None:
-    if memory.memory_type not in MEMORY_TYPES:
-        raise PipesimError(f"{MEMORY_FILE}: memory-type {memory.memory_type!r}; allowed: {', '.join(MEMORY_TYPES)}")
-    if memory.memory_type == "NO_MEMORY_EXPANSION":
-        return
-    if not (memory.remote_mem_bw > 0 and math.isfinite(memory.remote_mem_bw)):
-        raise PipesimError(
-            f"{MEMORY_FILE}: remote-mem-bw = {memory.remote_mem_bw:g}; it must be a finite number > 0 GB/s"
-        )
-    if not (memory.remote_mem_latency >= 0 and math.isfinite(memory.remote_mem_latency)):
-        raise PipesimError(
-            f"{MEMORY_FILE}: remote-mem-latency = {memory.remote_mem_latency:g}; it must be a finite number >= 0 ns"
-        )
-    if memory.num_nodes < 1 or memory.num_npus_per_node < 1:
-        raise PipesimError(f"{MEMORY_FILE}: num-nodes and num-npus-per-node must be >= 1")
-
-
-def _check_comm_groups(groups: dict[str, list[int]], npus: int) -> None:
-    for name, ranks in groups.items():
-        if not name.isdigit() or int(name) == 0:
-            raise PipesimError(
-                f"{COMM_GROUPS_FILE}: group {name!r}: ids must be positive decimal strings ('0' means all NPUs)"
-            )
-        if not ranks:
-            raise PipesimError(f"{COMM_GROUPS_FILE}: group {name}: no ranks; give at least one")
-        if len(set(ranks)) != len(ranks):
-            raise PipesimError(f"{COMM_GROUPS_FILE}: group {name}: a rank appears twice")
-        for rank in ranks:
-            if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < npus:
-                raise PipesimError(
-                    f"{COMM_GROUPS_FILE}: group {name}: rank {rank!r} is outside the network's {npus} NPUs "
-                    f"(ranks 0..{npus - 1})"
-                )

@@ -1,9 +1,14 @@
 """Whole-workload checks that a trace will load and run to completion in ASTRA-Sim.
 
 Per rank: unique ids, every dependency present, no cycle, at least one root, required attributes present
-with the kinds ASTRA-Sim reads. Across ranks: each send matched by exactly one recv on (src, dst, tag, size)
-and the other way round, peers inside the workload, and the same sequence of collectives (type and size) on
-every member of a communicator group. Problems name the rank and node ids so a user can find them.
+with the kinds ASTRA-Sim reads, no INVALID node (type 0) with dependents. Across ranks: each send matched by
+exactly one recv on (src, dst, tag, size) and the other way round, peers inside the workload, every pg_name
+naming a group of the comm groups (ids compared as integers, as ASTRA-Sim's stoi reads them), and the same
+sequence of collectives (type and size) on every member of a group. When all that holds, a structural dry run
+(`check_progress`) plays the workload without time and reports nodes that can never run: a cross-rank wait
+cycle through send/recv matching, or collectives whose members wait on each other. (With ASTRA-Sim's config
+at hand, astra_driver.validate_job runs the builtin engine instead, which also models the one communication
+slot per NPU.) Problems name the rank and node ids so a user can find them; lists in them stay short.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from google.protobuf.message import DecodeError
 
 from llm_converter.chakra import schema
 from llm_converter.chakra.reader import CANONICAL_KINDS
+from llm_converter.comm_groups import DEFAULT_GROUP, group_key, parse_group_id
+from llm_converter.errors import name_first
 from llm_converter.graph import SIMULATED_COLLECTIVES, CollectiveType, Graph, Node, NodeType, Workload
 from llm_converter.graphs.tags import TAG_MODULUS  # tags compare modulo this, as in ASTRA-Sim's network layer
 
@@ -47,6 +54,8 @@ class ValidationReport:
     ranks: int
     nodes: int
     problems: list[Problem] = field(default_factory=list)
+    # What "ok" rests on beyond the static checks, said after the counts (e.g. the engine's dry run).
+    note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -54,12 +63,13 @@ class ValidationReport:
 
     def summary(self) -> str:
         if self.ok:
-            return f"ok: {self.ranks} ranks, {self.nodes} nodes"
+            return f"ok: {self.ranks} ranks, {self.nodes} nodes" + (f"; {self.note}" if self.note else "")
         return f"{len(self.problems)} problem(s) in {self.ranks} ranks, {self.nodes} nodes"
 
 
-def validate_workload(workload: Workload, roofline: bool = False) -> ValidationReport:
-    """Check every rank and the pairings between them. `roofline` also requires num_ops/tensor_size."""
+def validate_workload(workload: Workload, roofline: bool = False, progress: bool = True) -> ValidationReport:
+    """Check every rank and the pairings between them. `roofline` also requires num_ops/tensor_size;
+    `progress` runs the structural dry run (check_progress) once every other check passes."""
     report = ValidationReport(ranks=workload.npus, nodes=workload.node_count())
     for rank, graph in enumerate(workload.graphs):
         if graph.rank != rank:
@@ -67,6 +77,19 @@ def validate_workload(workload: Workload, roofline: bool = False) -> ValidationR
         _check_graph(graph, report, roofline)
     _check_send_recv(workload, report)
     _check_collectives(workload, report)
+    if progress and report.ok:
+        report.problems.extend(check_progress(workload))
+    return report
+
+
+def validate_graph(graph: Graph, roofline: bool = False) -> ValidationReport:
+    """The checks of one rank alone (a single `.et` file): everything but the pairings between ranks."""
+    report = ValidationReport(
+        ranks=1,
+        nodes=len(graph.nodes),
+        note=f"rank {graph.rank} alone; pairings between ranks need the workload prefix",
+    )
+    _check_graph(graph, report, roofline)
     return report
 
 
@@ -88,7 +111,10 @@ def _check_graph(graph: Graph, report: ValidationReport, roofline: bool) -> None
             dangling.append((node.id, missing))
         _check_attributes(node, rank, problems, roofline)
     for node_id, missing in dangling[:10]:
-        problems.append(Problem(rank, (node_id,), f"depends on missing node id(s) {missing}; ASTRA-Sim aborts at load"))
+        message = f"depends on missing node id(s) [{name_first(missing)}]; ASTRA-Sim aborts at load"
+        problems.append(Problem(rank, (node_id,), message))
+    if len(dangling) > 10:
+        problems.append(Problem(rank, (), f"{len(dangling) - 10} more nodes depend on missing node ids"))
     if not any(not node.data_deps and not node.ctrl_deps for node in graph.nodes):
         problems.append(Problem(rank, (), "no node without dependencies (no root); ASTRA-Sim finds nothing to issue"))
     cyclic = find_cycle_nodes(graph)
@@ -97,6 +123,14 @@ def _check_graph(graph: Graph, report: ValidationReport, roofline: bool) -> None
     metadata = tuple(node.id for node in graph.nodes if node.type == NodeType.METADATA_NODE)
     if metadata:
         problems.append(Problem(rank, metadata, "METADATA_NODE: ASTRA-Sim's statistics abort on it; use comm groups"))
+    # ASTRA-Sim skips an INVALID node (type 0) without issuing what depends on it (Workload::skip_invalid frees
+    # the dependents but does not issue them), so its dependents never run: the builtin engine stalls the same.
+    invalid = {node.id for node in graph.nodes if node.type == NodeType.INVALID_NODE}
+    if invalid:
+        parents = tuple(sorted({d for node in graph.nodes for d in node.deps if d in invalid}))
+        if parents:
+            message = "INVALID_NODE (type 0) with dependents: ASTRA-Sim skips it and never issues them; give it a type"
+            problems.append(Problem(rank, parents, message))
 
 
 def _check_attributes(node: Node, rank: int, problems: list[Problem], roofline: bool) -> None:
@@ -137,8 +171,21 @@ def _check_attributes(node: Node, rank: int, problems: list[Problem], roofline: 
         if node.comm_type not in SIMULATED_COLLECTIVES and node.comm_type != CollectiveType.BROADCAST:
             kind = CollectiveType(node.comm_type).name if 0 <= node.comm_type <= 9 else str(node.comm_type)
             problems.append(Problem(rank, (node.id,), f"collective {kind} is not supported by ASTRA-Sim"))
-        if node.pg_name not in (None, "") and not node.pg_name.isdigit():
-            problems.append(Problem(rank, (node.id,), f"pg_name {node.pg_name!r} must be a decimal string"))
+        problem = pg_name_problem(node.pg_name)
+        if problem:
+            problems.append(Problem(rank, (node.id,), problem))
+
+
+def pg_name_problem(pg_name: str | None) -> str:
+    """What is wrong with a pg_name as ASTRA-Sim reads it ("" when nothing is)."""
+    if pg_name in (None, "", "0"):
+        return ""
+    value = parse_group_id(pg_name)
+    if value is None:
+        return f"pg_name {pg_name!r} must be a decimal integer (ASCII digits, at most 2147483647): a group id"
+    if value == 0:
+        return f"pg_name {pg_name!r} is group 0 to ASTRA-Sim, which no groups file holds; write '0' for all ranks"
+    return ""
 
 
 def _kind_of(raw: bytes) -> str | None:
@@ -219,40 +266,38 @@ def _check_send_recv(workload: Workload, report: ValidationReport) -> None:
             )
 
 
-def _group_key(node: Node) -> str:
-    """ "" for the default group of all ranks ("", "0" or no pg_name), else the pg_name."""
-    if node.pg_name in (None, "", "0"):
-        return ""
-    return node.pg_name
-
-
 def _check_collectives(workload: Workload, report: ValidationReport) -> None:
-    """Every member of a group must issue the same collectives in the same order (matched by order)."""
+    """Every pg_name names a group holding the rank, and every member of a group issues the same collectives in
+    the same order (matched by order)."""
     npus = workload.npus
-    groups = {"": list(range(npus))}
-    groups.update({name: list(ranks) for name, ranks in workload.comm_groups.items()})
+    groups = {DEFAULT_GROUP: list(range(npus))}
+    groups.update({group_key(name): list(ranks) for name, ranks in workload.comm_groups.items()})
     sequences: dict[str, dict[int, list[tuple[int, int, int]]]] = defaultdict(dict)
     for graph in workload.graphs:
         per_group: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
         for node in graph.nodes:
             if node.type == NodeType.COMM_COLL_NODE and node.comm_type in SIMULATED_COLLECTIVES:
-                per_group[_group_key(node)].append((node.comm_type, node.comm_size or 0, node.id))
+                if pg_name_problem(node.pg_name):
+                    continue  # reported with the node's attributes
+                per_group[group_key(node.pg_name)].append((node.comm_type, node.comm_size or 0, node.id))
         for name, sequence in per_group.items():
-            sequences[name][graph.rank] = sequence
             members = groups.get(name)
             if members is None:
                 if workload.comm_groups:
                     message = f"pg_name {name!r} is not a group of the comm-group file"
-                    report.problems.append(Problem(graph.rank, (sequence[0][2],), message))
+                else:
+                    message = (
+                        f"pg_name {name!r} names no communicator group: no comm-group file was given "
+                        "(--comm-group-configuration, or comm_groups.json beside the traces)"
+                    )
+                report.problems.append(Problem(graph.rank, (sequence[0][2],), message))
                 continue
+            sequences[name][graph.rank] = sequence
             if graph.rank not in members:
-                message = f"collective in group {name!r} {members}, which excludes this rank"
+                message = f"collective in group {name!r} [{name_first(members, 8)}], which excludes this rank"
                 report.problems.append(Problem(graph.rank, (sequence[0][2],), message))
     for name, by_rank in sequences.items():
-        members = groups.get(name) if name in groups or not workload.comm_groups else None
-        if members is None:
-            # Group file unknown: compare the ranks that use this pg_name with each other.
-            members = sorted(by_rank)
+        members = groups[name]
         reference_rank = next((r for r in members if r in by_rank), None)
         if reference_rank is None:
             continue
@@ -282,3 +327,119 @@ def _describe(sequence: list[tuple[int, int]], index: int) -> str:
         return "nothing"
     comm_type, size = sequence[index]
     return f"{CollectiveType(comm_type).name} {size} B"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Structural dry run: does every node run, whatever the times?
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_progress(workload: Workload) -> list[Problem]:
+    """Play the workload without time, the way ASTRA-Sim releases nodes, and report what never runs.
+
+    A node runs once all its parents ran; a send completes on its own (ASTRA-Sim's sends are eager) and
+    leaves a message under (src, dst, tag mod 5e8, size); a recv completes once such a message is there; the
+    k-th collective of a group on a rank completes once every member reached its k-th collective of that
+    group; an INVALID or METADATA node completes without releasing its dependents. The result does not depend
+    on the order nodes are played in (each rule only ever enables more), so what is left can never run:
+    nodes waiting in a cross-rank cycle (rank 0 receives before it sends to rank 1, which receives before it
+    sends to rank 0), or behind such nodes. Expects a workload whose other checks pass. What this does not
+    model is the one communication slot per NPU (a blocked collective holding it); the engine's dry run does.
+    """
+    groups = {DEFAULT_GROUP: tuple(range(workload.npus))}
+    groups.update({group_key(name): tuple(ranks) for name, ranks in workload.comm_groups.items()})
+    ranks = [_RankPlay(graph) for graph in workload.graphs]
+    messages: dict[tuple[int, int, int, int], int] = defaultdict(int)
+    waiting: dict[tuple[int, int, int, int], list[tuple[int, int]]] = defaultdict(list)
+    arrived: dict[tuple[str, int], set[int]] = defaultdict(set)  # (group, k) -> ranks whose k-th is ready
+    blocked: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
+    work: list[tuple[int, int]] = [(r, i) for r, play in enumerate(ranks) for i in play.roots()]
+
+    def complete(rank: int, index: int) -> None:
+        play = ranks[rank]
+        play.done[index] = True
+        if play.nodes[index].type in (NodeType.INVALID_NODE, NodeType.METADATA_NODE):
+            return
+        for child in play.children[index]:
+            play.pending[child] -= 1
+            if play.pending[child] == 0:
+                work.append((rank, child))
+
+    while work:
+        rank, index = work.pop()
+        node = ranks[rank].nodes[index]
+        if node.type == NodeType.COMM_SEND_NODE:
+            key = (rank, node.comm_dst, node.comm_tag % TAG_MODULUS, node.comm_size)
+            if waiting[key]:
+                complete(*waiting[key].pop())
+            else:
+                messages[key] += 1
+            complete(rank, index)
+        elif node.type == NodeType.COMM_RECV_NODE:
+            key = (node.comm_src, rank, node.comm_tag % TAG_MODULUS, node.comm_size)
+            if messages[key]:
+                messages[key] -= 1
+                complete(rank, index)
+            else:
+                waiting[key].append((rank, index))
+        elif node.type == NodeType.COMM_COLL_NODE and node.comm_type in SIMULATED_COLLECTIVES:
+            instance = ranks[rank].collective_of[index]
+            arrived[instance].add(rank)
+            blocked[instance].append((rank, index))
+            if len(arrived[instance]) == len(groups[instance[0]]):
+                for member, member_index in blocked.pop(instance):
+                    complete(member, member_index)
+        else:
+            complete(rank, index)
+    problems = []
+    for rank, play in enumerate(ranks):
+        stuck = [i for i, done in enumerate(play.done) if not done]
+        if not stuck:
+            continue
+        # Name the first node that is ready but waits on another rank: where the cycle passes through this rank.
+        ready = [i for i in stuck if play.pending[i] == 0]
+        first = ready[0] if ready else stuck[0]
+        node = play.nodes[first]
+        if node.type == NodeType.COMM_RECV_NODE:
+            why = (
+                f"recv {node.comm_src}->{rank} tag {node.comm_tag} size {node.comm_size} waits for a send rank "
+                f"{node.comm_src} issues only after something that waits itself"
+            )
+        elif node.type == NodeType.COMM_COLL_NODE:
+            group, k = play.collective_of[first]
+            absent = [m for m in groups[group] if m not in arrived[(group, k)]]
+            label = f"group {group!r}" if group else "the default group"
+            why = f"collective #{k} of {label} waits for ranks [{name_first(absent, 8)}], which never reach it"
+        else:
+            why = "waits on nodes that never run"
+        message = (
+            f"{len(stuck)} node(s) never run, so replay stalls: a wait cycle across ranks through send/recv or "
+            f"collectives; first: node {node.id} {node.name!r} {why}"
+        )
+        problems.append(Problem(rank, tuple(play.nodes[i].id for i in stuck), message))
+    return problems
+
+
+class _RankPlay:
+    """One rank's nodes as indexes, for check_progress: parents left per node, children, collective ids."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.nodes = graph.nodes
+        index_of = {node.id: i for i, node in enumerate(graph.nodes)}
+        self.pending = [0] * len(graph.nodes)
+        self.children: list[list[int]] = [[] for _ in graph.nodes]
+        self.done = [False] * len(graph.nodes)
+        self.collective_of: dict[int, tuple[str, int]] = {}
+        seen: Counter[str] = Counter()
+        for i, node in enumerate(graph.nodes):
+            parents = {index_of[d] for d in node.deps if d in index_of}
+            self.pending[i] = len(parents)
+            for parent in parents:
+                self.children[parent].append(i)
+            if node.type == NodeType.COMM_COLL_NODE and node.comm_type in SIMULATED_COLLECTIVES:
+                group = group_key(node.pg_name)
+                self.collective_of[i] = (group, seen[group])
+                seen[group] += 1
+
+    def roots(self) -> list[int]:
+        return [i for i, count in enumerate(self.pending) if count == 0]
