@@ -29,6 +29,7 @@ from astra_driver.engine.collectives import (
     tree_phase_finishes,
 )
 from astra_driver.engine.network import Network
+from llm_converter.comm_groups import group_key
 from llm_converter.errors import DeadlockError, PipesimError
 from llm_converter.graph import SIMULATED_COLLECTIVES, CollectiveType, Graph, NodeType
 from llm_converter.graphs.tags import TAG_MODULUS
@@ -543,7 +544,7 @@ class Engine:
     def _collective(self, state: _Rank, index: int, tick: int) -> None:
         node = self._node(state, index)
         rank = state.rank
-        group = node.pg_name or ""
+        group = group_key(node.pg_name)  # "01" and "1" name one group, as ASTRA-Sim's stoi reads them
         if group in ("", "0"):
             members: tuple[int, ...] = tuple(range(self.npus))
             group = ""
