@@ -3,7 +3,8 @@ then one row per time step (`Step 03: 0F3 1F2 ...`), an empty cell where the ran
 
 from __future__ import annotations
 
-from llm_converter.schedules.dry_run import DryRun
+from llm_converter.schedules.actions import PipelineSchedule
+from llm_converter.schedules.dry_run import DryRun, peak_inflight
 
 
 def format_grid(run: DryRun) -> str:
@@ -19,4 +20,57 @@ def format_grid(run: DryRun) -> str:
     lines = [header.rstrip()]
     for label, row in zip(step_labels, cells, strict=True):
         lines.append((f"{label}: " + " ".join(f"{c:<{widths[r]}}" for r, c in enumerate(row))).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def closed_form_bubble(schedule: PipelineSchedule) -> tuple[str, float] | None:
+    """The textbook bubble fraction for uniform unit times and free transfers, where one is known:
+    (p-1)/(m+p-1) for gpipe and 1f1b, (p-1)/(v*m+p-1) for interleaved-1f1b."""
+    p, m, v = schedule.pp, schedule.microbatches, schedule.chunks
+    if schedule.name in ("gpipe", "1f1b"):
+        return "(p-1)/(m+p-1)", (p - 1) / (m + p - 1)
+    if schedule.name == "interleaved-1f1b":
+        return "(p-1)/(v*m+p-1)", (p - 1) / (v * m + p - 1)
+    return None
+
+
+def summarize(run: DryRun) -> dict[str, object]:
+    """The dry run as JSON-ready data: the schedule, its timed grid and its bubble."""
+    schedule = run.schedule
+    closed = closed_form_bubble(schedule)
+    return {
+        "schedule": schedule.name,
+        "pp": schedule.pp,
+        "num_stages": schedule.num_stages,
+        "chunks": schedule.chunks,
+        "microbatches": schedule.microbatches,
+        "stage_to_rank": list(schedule.stage_to_rank),
+        "actions": [[str(a) for a in rank] for rank in schedule.actions],
+        "step_time": run.step_time,
+        "bubble_fraction": run.bubble_fraction,
+        "closed_form_bubble": None if closed is None else {"formula": closed[0], "value": closed[1]},
+        "per_rank": [{"rank": r, "busy": run.busy(r), "bubble_time": run.bubble_time(r)} for r in range(schedule.pp)],
+        "peak_inflight_microbatches": list(peak_inflight(schedule)),
+        "timeline": [[[t.start, t.end, str(t.action)] for t in rank] for rank in run.timeline],
+    }
+
+
+def format_report(run: DryRun) -> str:
+    """The grid, then the bubble and the activations in flight, for `pipesim schedule`."""
+    schedule = run.schedule
+    per_rank = "1 stage" if schedule.chunks == 1 else f"{schedule.chunks} stages"
+    lines = [
+        f"schedule {schedule.name}: {schedule.pp} ranks, {schedule.num_stages} stages ({per_rank} per rank, "
+        f"stage -> rank {list(schedule.stage_to_rank)}), {schedule.microbatches} microbatches",
+        "",
+        format_grid(run).rstrip("\n"),
+        "",
+        f"step time {run.step_time:g} steps; bubble {run.bubble_fraction:.2%} "
+        f"(1 - busy / (ranks x step)); idle per rank "
+        + ", ".join(f"{run.bubble_time(r):g}" for r in range(schedule.pp)),
+    ]
+    closed = closed_form_bubble(schedule)
+    if closed is not None:
+        lines.append(f"closed form {closed[0]} = {closed[1]:.2%}")
+    lines.append("peak in-flight microbatches per stage: " + " ".join(str(n) for n in peak_inflight(schedule)))
     return "\n".join(lines) + "\n"
