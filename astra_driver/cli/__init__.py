@@ -38,6 +38,7 @@ _VERB_MODULES = {
     "validate": "inspect_cmd",
     "replay": "replay_cmd",
     "workload": "workload_cmd",
+    "schedule": "schedule_cmd",
 }
 
 
