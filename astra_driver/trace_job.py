@@ -19,8 +19,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from astra_driver.astra_config import NetworkConfig
 from astra_driver.astra_files import astra_config_for_instance, write_astra_files
 from astra_driver.cluster_config import ClusterConfig, PlacedInstance, cluster_config_from_dict, load_cluster_config
+from astra_driver.cluster_network import (
+    DEFAULT_GPUS_PER_NODE,
+    DEFAULT_INTER_NODE_BW_GBPS,
+    DEFAULT_INTER_NODE_LATENCY_NS,
+    hardware_node_network,
+)
 from astra_driver.paths import check_output_path
 from llm_converter.chakra.reader import count_ranks
 from llm_converter.chakra.writer import et_path, write_workload
@@ -32,7 +39,7 @@ from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
 from llm_converter.memory import check_batch_fits, stage_params, weight_bytes_per_npu
-from llm_converter.models import ModelSpec, dtype_bytes, get_model
+from llm_converter.models import DTYPE_BYTES, ModelSpec, dtype_bytes, get_model
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan
 
@@ -41,6 +48,7 @@ LAYERS_FILE = "layers.csv"
 DEFAULT_DTYPE = "float16"
 # CPU memory of the one node made up for --model/--hardware runs (the seed's cluster config values).
 FLAG_CPU_MEM = {"mem_size": 512, "mem_bw": 256, "mem_latency": 0}
+FLAG_SOURCE = "--model/--hardware/--tp/--pp flags"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 # Decode requests in one iteration: far beyond any serving batch, and the batch is built as one entry per
 # request, so a typo like 10000000000x1024 must not exhaust memory.
@@ -94,37 +102,83 @@ def cluster_from_flags(
     dtype: str,
     link_bw: float | None = None,
     link_latency: float | None = None,
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
+    inter_node_bw: float | None = None,
+    inter_node_latency: float | None = None,
 ) -> ClusterConfig:
-    """A one-node, one-instance cluster config for --model/--hardware runs; links default to the hardware's
-    NPU interconnect. Checked exactly like a cluster JSON."""
+    """A one-instance cluster config for --model/--hardware runs, checked exactly like a cluster JSON (errors
+    name the flags). Up to gpus_per_node NPUs sit in one node; more span npus / gpus_per_node nodes, one pipeline
+    stage per node, and the JSON's link_bw / link_latency are then the inter-node link (cluster_network.py)."""
     spec = get_hardware(hardware)
+    npus = tp * pp
+    nodes = 1 if npus <= gpus_per_node else npus // gpus_per_node
+    if nodes == 1:
+        bw = link_bw if link_bw is not None else spec.interconnect_gbps
+        latency = link_latency if link_latency is not None else spec.interconnect_latency_ns
+    else:
+        bw = inter_node_bw if inter_node_bw is not None else DEFAULT_INTER_NODE_BW_GBPS
+        latency = inter_node_latency if inter_node_latency is not None else DEFAULT_INTER_NODE_LATENCY_NS
+    instance = {
+        "model_name": model,
+        "hardware": hardware,
+        "npu_mem": {"mem_size": float(spec.memory_gb), "mem_bw": float(spec.hbm_gbps), "mem_latency": 0},
+        "num_npus": npus,
+        "tp_size": tp,
+        "pp_size": pp,
+        "pd_type": None,
+        "span_nodes": nodes,
+    }
     document = {
-        "num_nodes": 1,
-        "link_bw": float(link_bw if link_bw is not None else spec.interconnect_gbps),
-        "link_latency": float(link_latency if link_latency is not None else spec.interconnect_latency_ns),
+        "num_nodes": nodes,
+        "link_bw": float(bw),
+        "link_latency": float(latency),
         "nodes": [
             {
-                "num_instances": 1,
+                "num_instances": int(node == 0),
                 "cpu_mem": dict(FLAG_CPU_MEM),
-                "instances": [
-                    {
-                        "model_name": model,
-                        "hardware": hardware,
-                        "npu_mem": {
-                            "mem_size": float(spec.memory_gb),
-                            "mem_bw": float(spec.hbm_gbps),
-                            "mem_latency": 0,
-                        },
-                        "num_npus": tp * pp,
-                        "tp_size": tp,
-                        "pp_size": pp,
-                        "pd_type": None,
-                    }
-                ],
+                "instances": [instance] if node == 0 else [],
             }
+            for node in range(nodes)
         ],
     }
-    return cluster_config_from_dict(document, source="--model/--hardware/--tp/--pp flags", dtype=dtype)
+    try:
+        return cluster_config_from_dict(document, source=FLAG_SOURCE, dtype=dtype)
+    except PipesimError as exc:
+        if ".span_nodes: " in str(exc):
+            # As for a cluster JSON's span_nodes: ASTRA-Sim's analytical network times a message on the first
+            # dimension where two ranks' coordinates differ, so with several stages (or part of a TP group) per
+            # node a send to a stage on the next node would be timed at intra-node speed.
+            raise PipesimError(
+                f"--gpus-per-node {gpus_per_node}: tp {tp} x pp {pp} = {npus} NPUs span nodes, and across nodes "
+                f"each node must hold exactly one pipeline stage (--tp NPUs); use --gpus-per-node {tp} (one stage "
+                f"per node) or --gpus-per-node {npus} (one node)"
+            ) from None
+        raise PipesimError(_flag_message(str(exc))) from None
+
+
+# The JSON fields a flag-built cluster's checks may name, and the flags they come from.
+_FIELD_FLAGS = {
+    "tp_size": "--tp",
+    "pp_size": "--pp",
+    "num_npus": "--tp/--pp",
+    "model_name": "--model",
+    "hardware": "--hardware",
+    "npu_mem.mem_size": "--tp/--pp",
+    "npu_mem.mem_util": "--hardware",
+    "link_bw": "--link-bw/--inter-node-bw",
+    "link_latency": "--link-latency/--inter-node-latency",
+}
+
+
+def _flag_message(message: str) -> str:
+    """A cluster-config message about the document cluster_from_flags made, reworded to name the flags."""
+    text = message.removeprefix(f"{FLAG_SOURCE}: ")
+    match = re.match(r"(?:nodes\[\d+\](?:\.instances\[\d+\])?\.)?([a-z_]+(?:\.[a-z_]+)?): ", text)
+    if match and match.group(1) in _FIELD_FLAGS:
+        text = f"{_FIELD_FLAGS[match.group(1)]}: {text[match.end() :]}"
+    for field_name, flag in (("tp_size", "--tp"), ("pp_size", "--pp"), (" (and num_npus)", "")):
+        text = text.replace(field_name, flag)
+    return text
 
 
 # --- trace -------------------------------------------------------------------------------------------------
@@ -147,6 +201,9 @@ class TraceRequest:
     pp: int | None = None
     link_bw: float | None = None
     link_latency: float | None = None
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE
+    inter_node_bw: float | None = None
+    inter_node_latency: float | None = None
 
 
 @dataclass
@@ -227,19 +284,44 @@ def resolve_instance(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstan
         request.dtype,
         request.link_bw,
         request.link_latency,
+        request.gpus_per_node,
+        request.inter_node_bw,
+        request.inter_node_latency,
     )
     return cluster, cluster.instance(0)
 
 
+def flag_network(request: TraceRequest, placed: PlacedInstance) -> NetworkConfig:
+    """The network of a flag-built instance: nodes of --gpus-per-node NPUs (cluster_network.node_network)."""
+    return hardware_node_network(
+        placed.hardware,
+        placed.num_npus,
+        request.gpus_per_node,
+        request.link_bw,
+        request.inter_node_bw,
+        request.link_latency,
+        request.inter_node_latency,
+    )
+
+
 def _check_flag_values(request: TraceRequest) -> None:
-    """--tp/--pp/--link-bw/--link-latency, named as the user typed them (the cluster checks name JSON fields)."""
-    for flag, value in (("--tp", request.tp), ("--pp", request.pp)):
+    """--tp/--pp/--gpus-per-node and the link flags, named as the user typed them."""
+    for flag, value in (("--tp", request.tp), ("--pp", request.pp), ("--gpus-per-node", request.gpus_per_node)):
         if value is not None and value < 1:
             raise PipesimError(f"{flag} {value}: must be >= 1")
-    if request.link_bw is not None and not (math.isfinite(request.link_bw) and request.link_bw > 0):
-        raise PipesimError(f"--link-bw {request.link_bw:g}: must be a bandwidth > 0 GB/s")
-    if request.link_latency is not None and not (math.isfinite(request.link_latency) and request.link_latency >= 0):
-        raise PipesimError(f"--link-latency {request.link_latency:g}: must be a latency >= 0 ns")
+    for flag, value in (("--link-bw", request.link_bw), ("--inter-node-bw", request.inter_node_bw)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise PipesimError(f"{flag} {value:g}: must be a bandwidth > 0 GB/s")
+    for flag, value in (("--link-latency", request.link_latency), ("--inter-node-latency", request.inter_node_latency)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise PipesimError(f"{flag} {value:g}: must be a latency >= 0 ns")
+
+
+def _check_dtype(dtype: str) -> int:
+    try:
+        return dtype_bytes(dtype)
+    except PipesimError:
+        raise PipesimError(f"--dtype {dtype!r}: unknown; use one of {', '.join(DTYPE_BYTES)}") from None
 
 
 def _check_batch_fits_model(model: ModelSpec, iteration: Iteration) -> None:
@@ -262,6 +344,7 @@ def _check_batch_fits_model(model: ModelSpec, iteration: Iteration) -> None:
 
 def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, LayerList, ParallelPlan, Workload]:
     """Everything `trace` writes, in memory."""
+    _check_dtype(request.dtype)
     cluster, placed = resolve_instance(request)
     model, tp, pp = placed.model, placed.tp_size, placed.pp_size
     _check_batch_fits_model(model, request.iteration)
@@ -286,8 +369,15 @@ def run_trace(request: TraceRequest) -> TraceResult:
     _check_name(request.name)
     check_output_path(Path(request.out_dir) / request.name, "--out-dir/--name", folder=True)
     cluster, placed, layers, plan, workload = build_trace(request)
-    astra = astra_config_for_instance(cluster, placed, plan.comm_groups())
+    network = flag_network(request, placed) if request.cluster_config is None else None
+    astra = astra_config_for_instance(cluster, placed, plan.comm_groups(), network=network)
     notes = []
+    if network is not None and network.dims == 2:
+        (per_node, nodes), (intra_bw, inter_bw) = network.npus_count, network.bandwidth
+        notes.append(
+            f"network: {nodes} nodes of {per_node} NPUs (--gpus-per-node), {intra_bw:g} GB/s and "
+            f"{network.latency[0]:g} ns inside a node, {inter_bw:g} GB/s and {network.latency[1]:g} ns across"
+        )
     destination = Path(request.out_dir) / request.name
 
     def write(folder: Path) -> tuple[list[Path], dict[str, Path]]:
@@ -296,7 +386,9 @@ def run_trace(request: TraceRequest) -> TraceResult:
         layers.write_csv(folder / LAYERS_FILE)
         if plan.npus == 1:
             notes.append(
-                "1 NPU: no network.yml/system.json/memory.json (ASTRA-Sim needs >= 2 NPUs per network dimension)"
+                "1 NPU: no network.yml/system.json/memory.json were written, since ASTRA-Sim needs at least 2 NPUs "
+                "in every network dimension; neither `pipesim replay` nor ASTRA-Sim can run this trace (use --tp or "
+                "--pp >= 2 for one they can)"
             )
             return et_files, {}
         return et_files, write_astra_files(folder, astra)

@@ -376,3 +376,24 @@ def test_disaggregated_pair_loads(tmp_path: Path) -> None:
     cluster = load_cluster_config(write(tmp_path, _two_instances({"pd_type": "prefill"}, {"pd_type": "decode"})))
     assert [p.spec.pd_type for p in cluster.instances()] == ["prefill", "decode"]
     assert [p.npu_offset for p in cluster.instances()] == [0, 2]
+
+
+def test_node_network_dimensions() -> None:
+    """cluster_network.node_network: one dimension up to a node, else [gpus_per_node, nodes]; a 1-GPU node is the
+    inter-node dimension alone (ASTRA-Sim refuses dimensions of one NPU)."""
+    from astra_driver.cluster_network import DEFAULT_INTER_NODE_BW_GBPS, hardware_node_network, node_network
+    from llm_converter.hardware import get_hardware
+
+    assert DEFAULT_INTER_NODE_BW_GBPS == 50.0  # 400 Gb/s / 8 bits
+    flat = node_network(8, 8, 450, 50, 1000, 5000)
+    assert (flat.npus_count, flat.bandwidth, flat.latency) == ([8], [450.0], [1000.0])
+    two = node_network(128, 8, 450, 50, 1000, 5000)
+    assert (two.npus_count, two.bandwidth, two.latency) == ([8, 16], [450.0, 50.0], [1000.0, 5000.0])
+    one_per_node = node_network(4, 1, 450, 50, 1000, 5000)
+    assert (one_per_node.npus_count, one_per_node.bandwidth) == ([4], [50.0])
+    pcie = hardware_node_network(get_hardware("RTXPRO6000"), 16)
+    assert (pcie.npus_count, pcie.bandwidth, pcie.latency) == ([8, 2], [64.0, 50.0], [2000.0, 5000.0])
+    with pytest.raises(PipesimError, match="--gpus-per-node 8: 12 NPUs do not fill whole nodes"):
+        node_network(12, 8, 450, 50)
+    with pytest.raises(PipesimError, match="--inter-node-bw 0: must be > 0 GB/s"):
+        node_network(16, 8, 450, 0)

@@ -147,15 +147,75 @@ def test_one_npu_writes_the_trace_without_astra_configs(tmp_path: Path) -> None:
     result = run_trace(request)
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["layers.csv", "llm.0.et"]
     assert result.notes and "1 NPU" in result.notes[0]
+    assert "neither `pipesim replay` nor ASTRA-Sim can run this trace" in result.summary()
+
+
+def test_flag_cluster_spans_nodes_of_gpus_per_node(tmp_path: Path) -> None:
+    """Issue 6 item 5: Llama-3.1-405B tp 8 x pp 16 is 16 nodes of 8 H100s: NVLink per direction (450 GB/s, the
+    catalog's interconnect_gbps) inside a node, a 400 Gb/s NIC per GPU (50 GB/s) across."""
+    from astra_driver.astra_config import load_network
+
+    request = TraceRequest(
+        name="big",
+        iteration=Iteration(decode=(2048,) * 8),
+        out_dir=tmp_path,
+        model="Llama-3.1-405B",
+        hardware="H100-SXM",
+        tp=8,
+        pp=16,
+    )
+    result = run_trace(request)
+    network = load_network(tmp_path / "big" / "network.yml")
+    assert network.npus_count == [8, 16]
+    assert network.bandwidth == [450.0, 50.0] and network.latency == [1000.0, 5000.0]
+    assert network.topology == ["FullyConnected", "FullyConnected"]
+    assert any("16 nodes of 8 NPUs" in note for note in result.notes)
+    assert result.instance.span_nodes == 16 and result.instance.npus_per_node == 8
+
+
+def test_flag_links_reach_the_network(tmp_path: Path) -> None:
+    from astra_driver.astra_config import load_network
+
+    args = ["trace", "--model", "Llama-3.1-8B", "--hardware", "H100-SXM", "--tp", "2", "--pp", "2"]
+    args += ["--decode", "4x100", "--out-dir", str(tmp_path)]
+    assert main([*args, "--name", "one", "--link-bw", "100"]) == 0
+    flat = load_network(tmp_path / "one" / "network.yml")  # 4 NPUs <= 8 per node: one dimension
+    assert (flat.npus_count, flat.bandwidth, flat.latency) == ([4], [100.0], [1000.0])
+    more = ["--gpus-per-node", "2", "--inter-node-bw", "25", "--inter-node-latency", "3000", "--link-latency", "700"]
+    assert main([*args, "--name", "two", *more]) == 0
+    two = load_network(tmp_path / "two" / "network.yml")
+    assert (two.npus_count, two.bandwidth, two.latency) == ([2, 2], [450.0, 25.0], [700.0, 3000.0])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tp", "3"], "pipesim: error: --tp: 3 does not divide num_attention_heads 32 and num_kv_heads 8 of "),
+        (["--dtype", "int8"], "pipesim: error: --dtype 'int8': unknown; use one of float16, bfloat16, fp8"),
+        (["--tp", "2", "--pp", "8"], "pipesim: error: --gpus-per-node 8: tp 2 x pp 8 = 16 NPUs span nodes"),
+        (["--gpus-per-node", "0"], "pipesim: error: --gpus-per-node 0: must be >= 1"),
+        (["--inter-node-bw", "0"], "pipesim: error: --inter-node-bw 0: must be a bandwidth > 0 GB/s"),
+        (["--hardware", "RTX4090", "--model", "Llama-3.1-70B"], "pipesim: error: --tp/--pp: the float16 weights"),
+    ],
+)
+def test_flag_errors_name_the_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    args = ["trace", "--model", "Llama-3.1-8B", "--hardware", "H100-SXM", "--decode", "4x100"]
+    assert main([*args, "--out-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert "nodes[0]" not in err and "tp_size" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--decode", "8"], "--decode '8'"),
-        (["--decode", "8x10", "--pp", "13"], "pp_size: 13 stages but openai-community/gpt2 has 12"),
+        (["--decode", "8x10", "--pp", "13"], "--pp: 13 stages but openai-community/gpt2 has 12"),
         (["--decode", "8x10", "--cluster-config", str(PP_CLUSTER)], "drop --model"),
-        (["--decode", "8x10", "--dtype", "int3"], "unknown dtype 'int3'"),
+        (["--decode", "8x10", "--dtype", "int3"], "--dtype 'int3': unknown"),
         (["--decode", "8x10", "--name", "../x"], "--name '../x'"),
     ],
 )

@@ -2,6 +2,7 @@
 
 pipesim trace --cluster-config configs/cluster/single_node_pp_instance.json --prefill 512 --decode 32x1024
 pipesim trace --model meta-llama/Llama-3.1-8B --hardware H100-SXM --tp 2 --pp 2 --prefill 1024@2048
+pipesim trace --model Llama-3.1-405B --hardware H100-SXM --tp 8 --pp 16 --decode 64x2048   # 16 nodes of 8
 pipesim convert my_layers.csv --tp 2 --pp 2 -o traces/mine/llm --hidden 4096 --dtype bfloat16
 """
 
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 
 from astra_driver.cli import app
+from astra_driver.cluster_network import DEFAULT_GPUS_PER_NODE
 from astra_driver.trace_job import DEFAULT_DTYPE, TraceRequest, iteration_from_flags, run_convert, run_trace
 
 
@@ -26,8 +28,21 @@ def trace(
     hardware: Annotated[str | None, typer.Option("--hardware", help="Hardware name, e.g. H100-SXM.")] = None,
     tp: Annotated[int | None, typer.Option("--tp", help="Tensor-parallel size (with --model).")] = None,
     pp: Annotated[int | None, typer.Option("--pp", help="Pipeline stages (with --model).")] = None,
-    link_bw: Annotated[float | None, typer.Option("--link-bw", help="GB/s between NPUs (with --model).")] = None,
-    link_latency: Annotated[float | None, typer.Option("--link-latency", help="ns per hop (with --model).")] = None,
+    link_bw: Annotated[
+        float | None, typer.Option("--link-bw", help="GB/s between NPUs of a node (default: the hardware's link).")
+    ] = None,
+    link_latency: Annotated[
+        float | None, typer.Option("--link-latency", help="ns per message inside a node (default: the hardware's).")
+    ] = None,
+    gpus_per_node: Annotated[
+        int, typer.Option("--gpus-per-node", help="NPUs per node (with --model); more span nodes, a stage per node.")
+    ] = DEFAULT_GPUS_PER_NODE,
+    inter_node_bw: Annotated[
+        float | None, typer.Option("--inter-node-bw", help="GB/s per NPU across nodes (default 50: a 400 Gb/s NIC).")
+    ] = None,
+    inter_node_latency: Annotated[
+        float | None, typer.Option("--inter-node-latency", help="ns per message across nodes (default 5000).")
+    ] = None,
     prefill: Annotated[
         list[str] | None, typer.Option("--prefill", help="TOKENS[@CONTEXT] prefill chunk; repeatable.")
     ] = None,
@@ -54,6 +69,9 @@ def trace(
         pp=pp,
         link_bw=link_bw,
         link_latency=link_latency,
+        gpus_per_node=gpus_per_node,
+        inter_node_bw=inter_node_bw,
+        inter_node_latency=inter_node_latency,
     )
     typer.echo(run_trace(request).summary())
 
