@@ -155,14 +155,19 @@ def check_network(network: NetworkConfig, where: str = NETWORK_FILE) -> None:
             raise PipesimError(f"{where}: latency[{dim}] = {latency:g}; latency must be >= 0 ns, a finite number")
 
 
-def check_system(system: SystemConfig, dims: int | None, where: str = SYSTEM_FILE) -> None:
-    """With `dims`, every implementation list must have one entry per network dimension."""
+def check_system(
+    system: SystemConfig, dims: int | None, where: str = SYSTEM_FILE, allow_zero_endpoint_delay: bool = False
+) -> None:
+    """With `dims`, every implementation list must have one entry per network dimension. A user's endpoint-delay 0
+    (allow_zero_endpoint_delay) is valid for sends and recvs only: backends.check_endpoint_delay sees the workload."""
     if system.scheduling_policy not in SCHEDULING_POLICIES:
         raise PipesimError(
             f"{where}: scheduling-policy: unknown {_show(system.scheduling_policy)}; "
             f"allowed: {', '.join(SCHEDULING_POLICIES)}"
         )
-    if not 0 < system.endpoint_delay <= INT32_MAX:
+    if allow_zero_endpoint_delay and system.endpoint_delay == 0:
+        pass
+    elif not 0 < system.endpoint_delay <= INT32_MAX:
         raise PipesimError(
             f"{where}: endpoint-delay = {system.endpoint_delay}; ASTRA-Sim asserts it is > 0 (use 10) and reads "
             "it as a 32-bit int"
@@ -416,7 +421,7 @@ def load_system(path: Path | str, dims: int | None = None) -> SystemConfig:
         if key in data:
             kwargs[key.replace("-", "_")] = _flag(path, key, data[key])
     system = SystemConfig(**kwargs)
-    check_system(system, dims, str(path))
+    check_system(system, dims, str(path), allow_zero_endpoint_delay=True)
     return system
 
 

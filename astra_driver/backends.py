@@ -12,6 +12,8 @@ its "finished" line. Every failure is a one-line PipesimError naming what to fix
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from astra_driver import engine
-from astra_driver.astra_config import load_astra_config, load_network
+from astra_driver.astra_config import AstraConfig, load_astra_config, load_network
 from astra_driver.astra_output import (
     NodeTime,
     TraceEvent,
@@ -39,6 +41,7 @@ from astra_driver.paths import check_output_path
 from llm_converter.chakra.reader import count_ranks, read_workload
 from llm_converter.chakra.writer import et_path
 from llm_converter.errors import PipesimError
+from llm_converter.graph import NodeType, Workload
 from llm_converter.io import write_atomic
 
 ASTRA_SIM_BIN_ENV = "ASTRA_SIM_BIN"
@@ -54,6 +57,7 @@ TRACE_LOG_NAME = "log.log"
 # After a timeout: SIGTERM the process group, then SIGKILL if it is still there after this long.
 _KILL_GRACE_S = 2.0
 _DOCKER_QUERY_TIMEOUT_S = 60.0
+_DOCKER_STOP_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,14 @@ class BuiltinBackend:
             )
         # Like ASTRA-Sim, read exactly one file per NPU of the network.
         workload = read_workload(run.workload, npus=npus)  # simulate() checks it against the config
+        injection_scale = 1.0 if run.injection_scale is None else run.injection_scale
+        check_endpoint_delay(workload, config, injection_scale, run.system)
         write_trace = run.logging_folder is not None and config.system.trace_enabled
         result = engine.simulate(
             workload,
             config,
             record_node_times=run.record_node_times or write_trace,
-            injection_scale=1.0 if run.injection_scale is None else run.injection_scale,
+            injection_scale=injection_scale,
         )
         node_times = None
         if result.node_times is not None:
@@ -164,6 +170,24 @@ class BuiltinBackend:
             node_times=node_times if run.record_node_times else None,
             log_path=log_path,
         )
+
+
+def check_endpoint_delay(workload: Workload, config: AstraConfig, injection_scale: float, system: Path) -> None:
+    """endpoint-delay 0 (after --injection-scale, which multiplies it): ASTRA-Sim runs sends and recvs with it,
+    with the same times (they never wait on it), and aborts on an assertion in its event queue as soon as a
+    collective runs (an event scheduled at the current tick). Refused only for a workload holding a collective."""
+    if int(config.system.endpoint_delay * injection_scale) > 0:
+        return
+    for graph in workload.graphs:
+        for node in graph.nodes:
+            if node.type == NodeType.COMM_COLL_NODE:
+                scaled = "" if injection_scale == 1.0 else f" (times --injection-scale {injection_scale:g})"
+                raise PipesimError(
+                    f"{system}: endpoint-delay = {config.system.endpoint_delay}{scaled} is 0 ns and rank "
+                    f"{graph.rank} runs collective node {node.id} ({node.name!r}): ASTRA-Sim aborts on an event-"
+                    "queue assertion once a collective runs; set endpoint-delay >= 1 (ASTRA-Sim's default is 10); "
+                    "only send/recv workloads run with 0"
+                )
 
 
 def _check_builtin_flags(run: ReplayRun) -> None:
@@ -311,14 +335,25 @@ class _Execution:
     stderr_path: Path
 
 
+def _stop(process: subprocess.Popen[bytes], stop_extra: Callable[[], None] | None) -> None:
+    """Stop what a run started: `stop_extra` (the container: killing the docker client does not stop it), the
+    process group, then `stop_extra` again (a container the daemon was still creating when the client died)."""
+    if stop_extra is not None:
+        stop_extra()
+    _kill_group(process)
+    if stop_extra is not None:
+        stop_extra()
+
+
 def _execute(
     command: list[str],
     logging_folder: Path,
     timeout_s: float | None,
     what: str,
-    on_timeout: Callable[[], None] | None = None,
+    stop_extra: Callable[[], None] | None = None,
 ) -> _Execution:
-    """Run `command` with stdout/stderr to files in the logging folder; kill its process group on timeout."""
+    """Run `command` with stdout/stderr to files in the logging folder; stop it on a timeout, Ctrl-C or SIGTERM
+    (the CLI turns both signals into an exception, which lands here)."""
     try:
         logging_folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -342,18 +377,14 @@ def _execute(
         try:
             returncode = process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            _kill_group(process)
-            if on_timeout is not None:
-                on_timeout()
+            _stop(process, stop_extra)
             raise PipesimError(
                 f"{command[0]}: still running after the {timeout_s:g} s timeout, killed; raise --timeout "
                 f"or check {stdout_path}"
             ) from None
         except BaseException:
-            # Ctrl-C or any other interruption: never leave the simulator running behind us.
-            _kill_group(process)
-            if on_timeout is not None:
-                on_timeout()
+            # Ctrl-C, SIGTERM or any other interruption: never leave the simulator running behind us.
+            _stop(process, stop_extra)
             raise
     return _Execution(returncode, stdout_path, stderr_path)
 
@@ -471,8 +502,67 @@ class AstraSimBackend:
         return _collect(self.name, command[0], run, execution, logging_folder)
 
 
+# Folders of the image's own system: mounting a host folder over one would hide the image's binaries and users.
+_SYSTEM_FOLDERS = tuple(
+    Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run")
+) + tuple(Path(p) for p in ("/sbin", "/sys", "/usr"))
+# The line docker adds after its real error message on exit 125.
+_DOCKER_HELP_HINT = "run 'docker run --help'"
+
+
+def _link_folders(path: Path) -> list[Path]:
+    """The folder of `path` and of every hop of its symlink chain (absolute, as written): each must be mounted,
+    at its own path, for the link to resolve inside the container as it does outside."""
+    folders: list[Path] = []
+    current = Path(os.path.abspath(path))
+    for _ in range(40):  # Linux follows at most 40 links
+        folders.append(current.parent)
+        if not current.is_symlink():
+            break
+        current = Path(os.path.abspath(current.parent / os.readlink(current)))
+    return folders
+
+
+def _mount_option(folder: Path) -> str:
+    """`--mount` (not `-v`, whose `SRC:DST` spec cannot hold a path with `:`) binding `folder` at its own path.
+    docker reads the value as one CSV record: a path with `,` or `"` is quoted as CSV quotes it."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(["type=bind", f"source={folder}", f"target={folder}"])
+    return f"--mount={buffer.getvalue()}"
+
+
+def _docker_error_line(execution: _Execution) -> str:
+    """docker's own error on exit 125: the last stderr line that is not its `Run 'docker run --help'` hint."""
+    try:
+        lines = [line.strip() for line in execution.stderr_path.read_text(errors="replace").splitlines()]
+    except OSError:
+        lines = []
+    lines = [line for line in lines if line and not line.lower().startswith(_DOCKER_HELP_HINT)]
+    return f": {lines[-1]}" if lines else " (it printed nothing)"
+
+
+def _docker_query_failure(reason: str) -> PipesimError | None:
+    """A `docker` query that failed for a reason other than the image: no daemon, or no right to its socket."""
+    lowered = reason.lower()
+    if "no such image" in lowered:
+        return None
+    if "permission denied" in lowered:
+        return PipesimError(
+            f"docker: no permission to talk to the daemon ({reason}); add your user to the docker group "
+            "(sudo usermod -aG docker $USER, then log in again) or fix DOCKER_HOST"
+        )
+    if "cannot connect" in lowered or "daemon running" in lowered or "connection refused" in lowered:
+        return PipesimError(f"docker: the daemon is not reachable ({reason}); start dockerd or fix DOCKER_HOST")
+    return None
+
+
 class DockerBackend:
-    """ASTRA-Sim inside a container image: files mounted at their own absolute paths, run as the calling user."""
+    """ASTRA-Sim inside a container image: files mounted at their own absolute paths, run as the calling user.
+
+    `docker run --init`: the binary is not PID 1, so an abort reads 134 as it does natively (as PID 1 the kernel
+    drops SIGABRT's default action and the exit reads 139); the container is named so it can be killed when
+    pipesim is stopped, and removed when it exits (--rm).
+    """
 
     name = "docker"
 
@@ -496,22 +586,32 @@ class DockerBackend:
     def binary(self) -> str:
         return self.options.docker_binary or DEFAULT_DOCKER_BINARY
 
+    def mounted_folders(self, run: ReplayRun) -> list[Path]:
+        """Every folder the simulator reads from or writes to, and every folder a symlink among its inputs leads
+        through, mounted at the same path inside the container so the flags need no rewriting."""
+        folders = {Path(os.path.abspath(run.logging_folder or DEFAULT_LOGGING_FOLDER))}
+        inputs = [run.system, run.network, run.memory, run.comm_groups, run.logging_configuration]
+        inputs += [et_path(run.workload, rank) for rank in range(max(1, count_ranks(run.workload)))]
+        for path in inputs:
+            if path is not None:
+                folders.update(_link_folders(Path(path)))
+        for folder in folders:
+            if folder == Path("/") or any(folder == top or top in folder.parents for top in _SYSTEM_FOLDERS):
+                raise PipesimError(
+                    f"{folder}: the docker backend mounts the folders of its files at their own paths and this one "
+                    "would hide the image's own; move the workload and config files (or what they link to) elsewhere"
+                )
+        return sorted(folders)
+
     def command(self, run: ReplayRun, docker: str, image: str, container: str) -> list[str]:
         logging_folder = Path(os.path.abspath(run.logging_folder or DEFAULT_LOGGING_FOLDER))
-        # Every folder the simulator reads from or writes to, mounted at the same path inside the container so
-        # the flags need no rewriting.
-        folders = {Path(os.path.abspath(run.workload)).parent, logging_folder}
-        for path in (run.system, run.network, run.memory, run.comm_groups, run.logging_configuration):
-            if path is not None:
-                folders.add(Path(os.path.abspath(path)).parent)
-        mounts: list[str] = []
-        for folder in sorted(folders):
-            mounts += ["-v", f"{folder}:{folder}"]
+        mounts = [_mount_option(folder) for folder in self.mounted_folders(run)]
         user = [f"--user={os.getuid()}:{os.getgid()}"] if hasattr(os, "getuid") else []
         return [
             docker,
             "run",
             "--rm",
+            "--init",
             f"--name={container}",
             *user,
             *mounts,
@@ -538,12 +638,24 @@ class DockerBackend:
         if probe.returncode != 0:
             detail = probe.stderr.decode(errors="replace").strip().splitlines()
             reason = detail[-1] if detail else "not found"
-            lowered = reason.lower()
-            if "no such image" not in lowered and ("cannot connect" in lowered or "daemon running" in lowered):
-                raise PipesimError(f"docker: the daemon is not reachable ({reason}); start dockerd or fix DOCKER_HOST")
+            failure = _docker_query_failure(reason)
+            if failure is not None:
+                raise failure
             raise PipesimError(
                 f"docker image {image}: not found locally ({reason}); docker pull {image} or docker build it"
             )
+
+    def _stop_container(self, docker: str, container: str) -> None:
+        # `docker rm -f` kills and removes it; "No such container" (already gone, or never created) is fine.
+        try:
+            subprocess.run(
+                [docker, "rm", "-f", container],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_DOCKER_STOP_TIMEOUT_S,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
     def run(self, run: ReplayRun) -> BackendResult:
         docker = self.docker()
@@ -554,26 +666,35 @@ class DockerBackend:
         command = self.command(run, docker, image, container)
         logging_folder = run.logging_folder or DEFAULT_LOGGING_FOLDER
         _clear_previous_logs(logging_folder)
-
-        def stop_container() -> None:
-            # Killing the docker client does not stop the container; kill it by name.
-            subprocess.run(
-                [docker, "kill", container],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=_DOCKER_QUERY_TIMEOUT_S,
-            )
-
-        execution = _execute(command, logging_folder, run.timeout_s, "--docker-image", on_timeout=stop_container)
-        if execution.returncode == 127:
+        execution = _execute(
+            command,
+            logging_folder,
+            run.timeout_s,
+            "--docker-image",
+            stop_extra=lambda: self._stop_container(docker, container),
+        )
+        code = execution.returncode
+        program = f"{self.binary()} in {image}"
+        if code == 127:
             raise PipesimError(
                 f"{self.binary()}: not found inside image {image}; set --docker-binary to its path in the image"
             )
-        if execution.returncode == 126:
+        if code == 126:
             raise PipesimError(f"{self.binary()}: not executable inside image {image}; fix --docker-binary")
-        if execution.returncode == 125:
-            raise PipesimError(f"docker run {image} failed{_failure_message(execution)}; see {execution.stderr_path}")
-        return _collect(self.name, f"{self.binary()} in {image}", run, execution, logging_folder)
+        if code == 125:
+            raise PipesimError(f"docker run {image} failed{_docker_error_line(execution)}; see {execution.stderr_path}")
+        if code > 128 and code != 134:
+            # The init process reports a binary killed by signal N as 128 + N (134, SIGABRT, is an abort).
+            try:
+                name = signal.Signals(code - 128).name
+            except ValueError:
+                name = ""
+            if name:
+                raise PipesimError(
+                    f"{program} was killed by {name} (exit {code}){_failure_message(execution)}; "
+                    f"see {execution.stderr_path}"
+                )
+        return _collect(self.name, program, run, execution, logging_folder)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_bad_network(tmp_path: Path, network: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"endpoint-delay": 0}, "endpoint-delay = 0"),
+        ({"endpoint-delay": -1}, "endpoint-delay = -1"),  # 0 loads: refused where a collective runs (backends)
         ({"local-mem-bw": 0}, "local-mem-bw = 0"),
         ({"all-reduce-implementation": ["ring", "tree"]}, "unknown 'tree'; allowed: ring, oneRing"),
         ({"all-gather-implementation": ["ring"]}, "has 1 entries but the network has 2 dimensions"),

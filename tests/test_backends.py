@@ -325,10 +325,14 @@ def test_docker_good_run_mounts_and_flags(tmp_path: Path) -> None:
     args = (bin_dir / "docker_args.txt").read_text().splitlines()
     run_folder = str((tmp_path / "run").resolve())
     log_folder = str((tmp_path / "run" / "log").resolve())
-    assert args[:3] == ["run", "--rm", args[2]] and args[2].startswith("--name=pipesim-")
+    # --init: the binary is not PID 1, so an abort exits 134 as it does natively (139 as PID 1).
+    assert args[:4] == ["run", "--rm", "--init", args[3]] and args[3].startswith("--name=pipesim-")
     assert f"--user={os.getuid()}:{os.getgid()}" in args
-    assert ["-v", f"{run_folder}:{run_folder}"] == args[args.index(f"{run_folder}:{run_folder}") - 1 :][:2]
-    assert f"{log_folder}:{log_folder}" in args
+    mounts = [arg for arg in args if arg.startswith("--mount=")]
+    assert mounts == [
+        f"--mount=type=bind,source={run_folder},target={run_folder}",
+        f"--mount=type=bind,source={log_folder},target={log_folder}",
+    ]
     image_at = args.index("astra:good")
     assert args[image_at + 1] == "AstraSim_Analytical_Congestion_Unaware"
     assert args[image_at + 2 :] == astra_sim_arguments(run, run.logging_folder, absolute=True)
@@ -498,3 +502,170 @@ def test_real_binary_matches_conformance(case: str, tmp_path: Path) -> None:
         builtin = replay(_conformance_run(case), "builtin")
         assert builtin.finish_ns == result.finish_ns
         assert builtin.exposed_comm_ns == result.exposed_comm_ns
+
+
+# --- docker: what a real daemon showed (fake docker here; tests/test_docker_real.py runs the real one) -------
+
+
+def _docker_options(bin_dir: Path, **kwargs) -> BackendOptions:
+    return BackendOptions(docker_image="astra:good", env=path_with(bin_dir), **kwargs)
+
+
+def _run_args(bin_dir: Path) -> list[str]:
+    return (bin_dir / "docker_args.txt").read_text().splitlines()
+
+
+def test_docker_125_quotes_the_real_error_not_the_help_hint(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    bin_dir = tmp_path / "bin"
+    fake_docker(bin_dir)
+    spec = "docker: Error response from daemon: invalid spec: /a:b:/a:b: too many colons."
+    write_script(
+        bin_dir / "inside" / "AstraSim_Analytical_Congestion_Unaware",
+        heredoc([spec, "", "Run 'docker run --help' for more information"]).replace("cat", "cat >&2", 1) + "exit 125",
+    )
+    with pytest.raises(PipesimError) as info:
+        replay(run, "docker", _docker_options(bin_dir))
+    assert f"docker run astra:good failed: {spec}; see " in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (134, r"AstraSim_Analytical_Congestion_Unaware in astra:good aborted \(exit 134\): .*Assertion"),
+        (139, r"in astra:good was killed by SIGSEGV \(exit 139\): .*Assertion"),
+        (137, r"in astra:good was killed by SIGKILL \(exit 137\)"),
+        (3, r"in astra:good failed \(exit 3\)"),
+    ],
+)
+def test_docker_exit_codes_of_the_init_process(tmp_path: Path, code: int, expected: str) -> None:
+    """With --init the binary is not PID 1: a signal reads 128 + N (an abort 134, as natively)."""
+    run = write_small_run(tmp_path / "run")
+    bin_dir = tmp_path / "bin"
+    fake_docker(bin_dir)
+    assertion = "AstraSim: EventQueue.cc:40: Assertion `new_time > current_time' failed."
+    write_script(
+        bin_dir / "inside" / "AstraSim_Analytical_Congestion_Unaware",
+        heredoc([assertion]).replace("cat", "cat >&2", 1) + f"exit {code}",
+    )
+    with pytest.raises(PipesimError, match=expected):
+        replay(run, "docker", _docker_options(bin_dir))
+    assert "--init" in _run_args(bin_dir)
+
+
+def test_docker_socket_permission_is_not_image_not_found(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    message = (
+        "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock: "
+        'Get "http://%2Fvar%2Frun%2Fdocker.sock/v1.47/images/astra:good/json": dial unix /var/run/docker.sock: '
+        "connect: permission denied"
+    )
+    write_script(tmp_path / "bin" / "docker", f"echo '{message}' >&2; exit 1")
+    with pytest.raises(PipesimError) as info:
+        replay(run, "docker", _docker_options(tmp_path / "bin"))
+    text = str(info.value)
+    assert text.startswith("docker: no permission to talk to the daemon (permission denied while trying")
+    assert "add your user to the docker group" in text and "not found" not in text
+
+
+def test_docker_paths_with_colon_and_comma_are_mounted(tmp_path: Path) -> None:
+    """`-v SRC:DST` cannot hold a `:`; --mount can, and a `,` is CSV-quoted as docker reads the value."""
+    run = write_small_run(tmp_path / "a:b,c")
+    bin_dir = tmp_path / "bin"
+    fake_docker(bin_dir)
+    good_binary(bin_dir / "inside" / "AstraSim_Analytical_Congestion_Unaware")
+    assert replay(run, "docker", _docker_options(bin_dir)).finish_ns == SMALL_FINISH_NS
+    folder = tmp_path / "a:b,c"
+    mounts = [arg for arg in _run_args(bin_dir) if arg.startswith("--mount=")]
+    assert mounts == [
+        f'--mount=type=bind,"source={folder}","target={folder}"',
+        f'--mount=type=bind,"source={folder / "log"}","target={folder / "log"}"',
+    ]
+
+
+def test_docker_mounts_what_symlinked_inputs_point_to(tmp_path: Path) -> None:
+    """A config file (or .et file) that is a link out of the mounted folders dangled inside the container."""
+    run = write_small_run(tmp_path / "real")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "system.json").symlink_to(run.system)  # absolute link
+    (linked / "hop").mkdir()
+    (linked / "hop" / "network.yml").symlink_to(Path("../../real/network.yml"))  # relative, via a second folder
+    (linked / "network.yml").symlink_to(Path("hop/network.yml"))
+    for rank in (0, 1):
+        (linked / f"workload.{rank}.et").symlink_to(tmp_path / "real" / f"workload.{rank}.et")
+    run = replace(
+        run,
+        workload=linked / "workload",
+        system=linked / "system.json",
+        network=linked / "network.yml",
+        logging_folder=linked / "log",
+    )
+    bin_dir = tmp_path / "bin"
+    fake_docker(bin_dir)
+    good_binary(bin_dir / "inside" / "AstraSim_Analytical_Congestion_Unaware")
+    assert DockerBackend(_docker_options(bin_dir)).mounted_folders(run) == [
+        linked,
+        linked / "hop",
+        linked / "log",
+        tmp_path / "real",
+    ]
+    assert replay(run, "docker", _docker_options(bin_dir)).finish_ns == SMALL_FINISH_NS
+
+
+def test_docker_refuses_to_mount_over_the_images_system(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    (tmp_path / "memory.json").symlink_to("/etc/hostname")
+    run = replace(run, memory=tmp_path / "memory.json")
+    bin_dir = tmp_path / "bin"
+    fake_docker(bin_dir)
+    with pytest.raises(PipesimError, match=r"^/etc: the docker backend mounts the folders .* would hide the image's"):
+        replay(run, "docker", _docker_options(bin_dir))
+
+
+# --- endpoint-delay 0 -------------------------------------------------------------------------------------
+
+
+def _set_endpoint_delay(run: ReplayRun, delay: int) -> None:
+    system = json.loads(run.system.read_text())
+    system["endpoint-delay"] = delay
+    run.system.write_text(json.dumps(system))
+
+
+@needs_engine
+def test_endpoint_delay_zero_runs_sends_and_recvs_with_the_same_times(tmp_path: Path) -> None:
+    """Real ASTRA-Sim runs a send/recv-only workload with endpoint-delay 0, with the times of the default 10."""
+    run = replace(write_small_run(tmp_path / "run"), record_node_times=True)
+    default = replay(run, "builtin")
+    _set_endpoint_delay(run, 0)
+    zero = replay(run, "builtin")
+    assert zero.finish_ns == default.finish_ns == SMALL_FINISH_NS
+    assert zero.node_times == default.node_times
+
+
+@needs_engine
+def test_endpoint_delay_zero_with_a_collective_is_refused(tmp_path: Path) -> None:
+    from llm_converter.chakra.writer import write_workload
+    from llm_converter.graph import CollectiveType, GraphBuilder, Workload
+
+    run = write_small_run(tmp_path / "run")
+    builders = [GraphBuilder(rank) for rank in range(2)]
+    for builder in builders:
+        compute = builder.comp("fwd", 10)
+        builder.collective("grad_ar", CollectiveType.ALL_REDUCE, 1 << 20, deps=[compute])
+    write_workload(run.workload, Workload([b.graph for b in builders]))
+    _set_endpoint_delay(run, 0)
+    with pytest.raises(PipesimError) as info:
+        replay(run, "builtin")
+    message = str(info.value)
+    assert message.startswith(
+        f"{run.system}: endpoint-delay = 0 is 0 ns and rank 0 runs collective node 1 ('grad_ar'): ASTRA-Sim aborts"
+    )
+    # --injection-scale multiplies it: 1 * 0.5 truncates to 0 as well.
+    _set_endpoint_delay(run, 1)
+    with pytest.raises(PipesimError, match=r"endpoint-delay = 1 \(times --injection-scale 0.5\) is 0 ns"):
+        replay(replace(run, injection_scale=0.5), "builtin")
+    assert replay(run, "builtin").finish_ns[0] > 0
+    _set_endpoint_delay(run, -1)
+    with pytest.raises(PipesimError, match="endpoint-delay = -1; ASTRA-Sim asserts it is > 0"):
+        replay(run, "builtin")

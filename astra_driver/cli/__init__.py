@@ -7,7 +7,9 @@ PipesimError: printed as one line on stderr, exit code 2, no traceback.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -51,10 +53,61 @@ def _register_verbs(argv: list[str] | None = None) -> None:
         importlib.import_module(f"astra_driver.cli.{name}")
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached pipesim. A BaseException, so no `except Exception` swallows it and click does not
+    turn it into an exit code: it unwinds the verb (atomic writes leave nothing half-written; backends stop the
+    process or container they started) up to main(), which prints one line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    # The first signal unwinds; later ones are ignored so they cannot cut short the cleanup it started.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _install_stop_handlers() -> dict[int, object] | None:
+    """Route SIGINT and SIGTERM to Interrupted (without this SIGTERM kills pipesim outright, leaving a simulator
+    or container it started running; typer turns Ctrl-C into an exit code that was dropped). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _raise_interrupted)
+    return previous
+
+
+def _restore_handlers(previous: dict[int, object] | None) -> None:
+    if previous is not None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     _register_verbs(argv)
+    previous = _install_stop_handlers()
     try:
-        app(args=argv, prog_name="pipesim", standalone_mode=False)
+        return _main(argv)
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"pipesim: interrupted by {name}; stopped (unfinished output files are not written)", file=sys.stderr)
+        return 128 + exc.signum  # what a shell reports for a process the signal ended
+    finally:
+        _restore_handlers(previous)
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        # Without standalone mode click returns (does not raise) the code of a typer.Exit: Ctrl-C caught by
+        # typer comes back as 130, which was dropped and read as success.
+        code = app(args=argv, prog_name="pipesim", standalone_mode=False)
     except PipesimError as exc:
         print(f"pipesim: error: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(format_message()).split()).rstrip(".")
         print(f"pipesim: error: {message}; see '{command} --help'", file=sys.stderr)
         return 2
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == 130:
+            print("pipesim: interrupted; stopped (unfinished output files are not written)", file=sys.stderr)
+        return code
     return 0
 
 

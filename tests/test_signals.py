@@ -1,0 +1,128 @@
+"""Ctrl-C and SIGTERM: pipesim exits 130 / 143 with one line, writes no half output and stops what it started
+(the binary's whole process group; with docker, the container by its name). Fake binaries: runs everywhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from astra_driver.cli import main
+from tests.conftest import REPO
+from tests.fixtures.fake_astra import fake_docker, path_with, write_script, write_small_run
+
+# A binary that records its child's pid and waits on it: it would run for a minute if nobody stopped it.
+_SLOW_BODY = 'sleep 60 &\necho $! > "$LOG/child.pid"\nwait'
+
+
+def _flags(run) -> list[str]:
+    return [
+        f"--workload-configuration={run.workload}",
+        f"--system-configuration={run.system}",
+        f"--network-configuration={run.network}",
+        f"--remote-memory-configuration={run.memory}",
+        f"--logging-folder={run.logging_folder}",
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _wait_for(path: Path, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not (path.is_file() and path.read_text().strip()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def _interrupt(argv: list[str], env: dict[str, str], started: Path, sig: signal.Signals) -> tuple[int, str]:
+    """Run `pipesim argv` in a child process, send `sig` once `started` exists, return (exit code, stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "astra_driver.cli", *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(started)
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, err
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_the_binary_and_writes_nothing(tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    run = write_small_run(tmp_path / "run")
+    binary = write_script(tmp_path / "astra", _SLOW_BODY)
+    csv = tmp_path / "out" / "times.csv"
+    argv = ["replay", *_flags(run), "--backend=astra-sim", f"--astra-sim-bin={binary}", f"--node-times={csv}"]
+    started = time.monotonic()
+    returncode, err = _interrupt(argv, dict(os.environ), run.logging_folder / "child.pid", sig)
+    assert returncode == code
+    assert err.splitlines() == [
+        f"pipesim: interrupted by {sig.name}; stopped (unfinished output files are not written)"
+    ]
+    assert time.monotonic() - started < 20  # not the binary's 60 s
+    child = int((run.logging_folder / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child)
+    assert not csv.parent.exists() or list(csv.parent.iterdir()) == []
+
+
+def test_sigterm_kills_the_container_by_name(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    bin_dir = tmp_path / "bin"
+    fake_docker(bin_dir)
+    write_script(bin_dir / "inside" / "AstraSim_Analytical_Congestion_Unaware", _SLOW_BODY)
+    env = {**path_with(bin_dir), "PIPESIM_DOCKER_IMAGE": "astra:good", "PYTHONPATH": str(REPO)}
+    returncode, err = _interrupt(
+        ["replay", *_flags(run), "--backend=docker"], env, run.logging_folder / "child.pid", signal.SIGTERM
+    )
+    assert returncode == 143, err
+    assert err.splitlines() == ["pipesim: interrupted by SIGTERM; stopped (unfinished output files are not written)"]
+    name = next(arg for arg in (bin_dir / "docker_args.txt").read_text().splitlines() if arg.startswith("--name="))
+    container = name.removeprefix("--name=")
+    # Stopped before the client is killed, and again after (a container the daemon was still creating).
+    assert (bin_dir / "docker_stops.txt").read_text().splitlines() == [f"rm -f {container}"] * 2
+
+
+def test_keyboard_interrupt_caught_by_typer_is_not_exit_0(tmp_path: Path, capsys, monkeypatch) -> None:
+    """typer turns KeyboardInterrupt into Exit(130), which click returns (not raises) without standalone mode:
+    main() dropped it and exited 0."""
+    from astra_driver.cli import replay_cmd
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(replay_cmd, "replay", interrupted)
+    run = write_small_run(tmp_path / "run")
+    code = main(["replay", *_flags(run)])
+    captured = capsys.readouterr()
+    assert code == 130
+    assert captured.err.splitlines() == ["pipesim: interrupted; stopped (unfinished output files are not written)"]
+    assert captured.out == ""
+
+
+def test_handlers_are_restored_after_main(tmp_path: Path, capsys) -> None:
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    main(["replay", "--help"])
+    capsys.readouterr()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
