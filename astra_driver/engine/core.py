@@ -5,6 +5,10 @@ appended in the order they were added), so the hot loop touches ints and lists o
     kind, slot, duration (ns), pending parent count, children, issue/end ticks.
 Events live in one heap of (tick, sequence, code, rank, payload); equal ticks run in the order they were
 scheduled, the way ASTRA-Sim's event queue does.
+
+A long-running simulation (the serving loop adds graphs for hours of simulated time) stays flat in memory: a
+finished graph drops its nodes at once, and `run_until` renumbers a rank's lists once the finished graphs at
+their front outweigh the live ones (`_compact`), so per-rank state holds only the graphs still running.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from astra_driver.astra_config import AstraConfig
+from astra_driver.engine import diagnostics
 from astra_driver.engine.collectives import (
     A2A,
     AG,
@@ -30,8 +35,8 @@ from astra_driver.engine.collectives import (
 )
 from astra_driver.engine.network import Network
 from llm_converter.comm_groups import group_key
-from llm_converter.errors import DeadlockError, PipesimError
-from llm_converter.graph import SIMULATED_COLLECTIVES, CollectiveType, Graph, NodeType
+from llm_converter.errors import PipesimError
+from llm_converter.graph import SIMULATED_COLLECTIVES, CollectiveType, Graph, NodeType, Workload
 from llm_converter.graphs.tags import TAG_MODULUS
 
 # What a node does when issued.
@@ -51,7 +56,11 @@ E_PHASE = 2  # a collective chunk finished its current phase on a rank: (rank, s
 E_WAKE = 3  # run_until bookkeeping: nothing to do
 
 _SIMULATED = frozenset(int(kind) for kind in SIMULATED_COLLECTIVES)  # ints: the hot loop compares ints
-_TYPE_NAMES = {int(t): t.name for t in NodeType}
+_COMP = int(NodeType.COMP_NODE)
+# Renumber a rank once this many finished nodes sit at the front of its lists (and they are at least half).
+COMPACT_MIN_NODES = 4096
+# Memoised collective phases: dropped when this many (relative start patterns can vary without bound).
+PHASE_CACHE_LIMIT = 1 << 16
 
 
 @dataclass(slots=True)
@@ -66,15 +75,47 @@ class SimResult:
 
 @dataclass(slots=True, eq=False)
 class GraphHandle:
-    """One graph added to a running simulation; `finish_ns` is set when its last node completes."""
+    """One graph added to one rank of a running simulation.
+
+    `finish_ns` is set when its last node completes; `compute_ns` is the compute its own nodes replayed, so
+    `exposed_comm_ns` (its span from `at_ns` minus that compute) is this graph's, not the rank's whole run."""
 
     rank: int
     number: int
-    first: int  # first node index on the rank
+    first: int  # first node index on the rank (internal: renumbered while the graph runs, stale afterwards)
     count: int
     at_ns: int
     remaining: int
     finish_ns: int | None = None
+    compute_ns: int = 0
+    nodes: list | None = None  # the graph's nodes sorted by id, dropped when it finishes
+    on_done: Callable[[GraphHandle, int], None] | None = None
+    workload: WorkloadHandle | None = None  # the add_workload call it came in, until it finishes
+    unreceived: int = 0  # its sends that arrived before any recv took them
+
+    @property
+    def exposed_comm_ns(self) -> int | None:
+        """Span from at_ns to finish_ns not covered by this graph's compute (None while it runs)."""
+        return None if self.finish_ns is None else self.finish_ns - self.at_ns - self.compute_ns
+
+
+@dataclass(slots=True, eq=False)
+class WorkloadHandle:
+    """Graphs added together (one serving iteration on its NPUs): done when the last of them is."""
+
+    label: object
+    at_ns: int
+    graphs: list[GraphHandle]
+    remaining: int
+    on_done: Callable[[WorkloadHandle, int], None] | None = None
+    check_sends: bool = True
+    finish_ns: int | None = None
+
+    def graph(self, rank: int) -> GraphHandle:
+        for handle in self.graphs:
+            if handle.rank == rank:
+                return handle
+        raise KeyError(rank)
 
 
 @dataclass(slots=True, eq=False)
@@ -134,6 +175,7 @@ class _Rank:
         "arrived",
         "missing",
         "order",
+        "handles",
     )
 
     def __init__(self, rank: int, dims: int) -> None:
@@ -166,6 +208,7 @@ class _Rank:
         self.arrived: dict[tuple[int, int, int], deque[tuple[int, int, int]]] = {}
         self.missing: dict[int, list[int]] = {}
         self.order: list[int] = []  # completion order, for node_times
+        self.handles: deque[GraphHandle] = deque()  # graphs whose nodes are still in the lists, in add order
 
 
 class Engine:
@@ -208,8 +251,8 @@ class Engine:
         self._seq = 0
         dims = self.network.dims
         self.ranks = [_Rank(rank, dims) for rank in range(self.npus)]
-        self.graphs: list[GraphHandle] = []
-        self._sorted_nodes: list[list] = []  # per graph number: its nodes sorted by id
+        self.graphs_added = 0
+        self._finished_front: set[int] = set()  # ranks where a graph finished since the last compaction check
         self._instances: dict[tuple[str, int], _Instance] = {}
         self._phase_cache: dict[tuple, list[int]] = {}
         # ASTRA-Sim's DoubleBinaryTreeTopology counters: one per (logical topology = collective type, dimension),
@@ -236,8 +279,41 @@ class Engine:
     # ------------------------------------------------------------------------------------------------------
     # Loading graphs
     # ------------------------------------------------------------------------------------------------------
-    def add_graph(self, rank: int, graph: Graph, at_ns: int | None = None) -> GraphHandle:
-        """Append `graph` to `rank`; its dependency-free nodes become issuable at `at_ns` (default: now)."""
+    def add_workload(
+        self,
+        graphs: Workload | list[Graph],
+        at_ns: int | None = None,
+        ranks: list[int] | None = None,
+        on_done: Callable[[WorkloadHandle, int], None] | None = None,
+        label: object = None,
+        check_sends: bool = True,
+    ) -> WorkloadHandle:
+        """Add graphs together (graph i on `ranks[i]`, default its own rank): one handle, done when all are.
+
+        With `check_sends`, a send of these graphs still unreceived when the last of them finishes is a
+        DeadlockError at once (their recvs were all in these graphs), not at the end of the simulation."""
+        items = graphs.graphs if isinstance(graphs, Workload) else graphs
+        targets = [graph.rank for graph in items] if ranks is None else ranks
+        if len(targets) != len(items):
+            raise PipesimError(f"add_workload: {len(items)} graphs but {len(targets)} ranks")
+        at = self.now if at_ns is None else int(at_ns)
+        handle = WorkloadHandle(label, at, [], len(items), on_done, check_sends)
+        for rank, graph in zip(targets, items, strict=True):
+            handle.graphs.append(self.add_graph(rank, graph, at, _workload=handle))
+        if not items:
+            handle.finish_ns = at
+        return handle
+
+    def add_graph(
+        self,
+        rank: int,
+        graph: Graph,
+        at_ns: int | None = None,
+        on_done: Callable[[GraphHandle, int], None] | None = None,
+        _workload: WorkloadHandle | None = None,
+    ) -> GraphHandle:
+        """Append `graph` to `rank`; its dependency-free nodes become issuable at `at_ns` (default: now).
+        `on_done(handle, tick)` is called when its last node completes (as is the engine's on_graph_done)."""
         if not 0 <= rank < self.npus:
             raise PipesimError(f"add_graph: rank {rank} is outside the network's {self.npus} NPUs")
         at = self.now if at_ns is None else int(at_ns)
@@ -246,9 +322,9 @@ class Engine:
         state = self.ranks[rank]
         nodes = sorted(graph.nodes, key=_node_id)
         first = len(state.ids)
-        handle = GraphHandle(rank, len(self.graphs), first, len(nodes), at, len(nodes))
-        self.graphs.append(handle)
-        self._sorted_nodes.append(nodes)
+        handle = GraphHandle(rank, self.graphs_added, first, len(nodes), at, len(nodes), None, 0, nodes, on_done)
+        handle.workload = _workload
+        self.graphs_added += 1
         index_of: dict[int, int] = {}
         for offset, node in enumerate(nodes):
             if node.id in index_of:
@@ -303,7 +379,11 @@ class Engine:
         state.remaining += len(nodes)
         if not nodes:
             handle.finish_ns = at
+            handle.nodes = None
+            if _workload is not None:
+                _workload.remaining -= 1  # add_workload finishes an all-empty workload itself
             return handle
+        state.handles.append(handle)
         if at == self.now:
             self._activate(state, handle)
         else:
@@ -403,11 +483,19 @@ class Engine:
         heapq.heappush(self._events, (tick, self._seq, code, rank, payload))
         self._seq += 1
 
-    def run_until(self, tick: int) -> None:
-        """Process every event at or before `tick`; afterwards `now` is `tick`."""
+    def run_until(self, tick: int | None) -> None:
+        """Process every event at or before `tick`; afterwards `now` is `tick`.
+
+        `tick` None (what next_event_ns() returns once nothing is left) runs to the end: a clean end when every
+        node completed, else DeadlockError naming the stuck nodes."""
+        if tick is None:
+            self.run()
+            return
         self._loop(tick)
         if tick > self.now:
             self.now = tick
+        if self._finished_front:
+            self._compact_finished()
 
     def next_event_ns(self) -> int | None:
         """Tick of the next pending event, or None when nothing is left to run.
@@ -419,6 +507,8 @@ class Engine:
     def run(self) -> None:
         """Run until nothing is left to do; raise DeadlockError if some node can never complete."""
         self._loop(None)
+        if self._finished_front:
+            self._compact_finished()
         self.check_complete()
 
     def _loop(self, limit: int | None) -> None:
@@ -469,8 +559,9 @@ class Engine:
         kind = state.kinds[index]
         if kind == K_TIMED:
             duration = state.durations[index]
-            if state.types[index] == NodeType.COMP_NODE:
+            if state.types[index] == _COMP:
                 state.compute += duration
+                state.graph_of[index].compute_ns += duration
             self._push(tick + duration, E_DONE, state.rank, index)
         elif kind == K_SEND:
             self._send(state, index, tick)
@@ -501,9 +592,92 @@ class Engine:
         handle = state.graph_of[index]
         handle.remaining -= 1
         if handle.remaining == 0:
-            handle.finish_ns = tick
-            if self.on_graph_done is not None:
-                self.on_graph_done(handle, tick)
+            self._graph_done(handle, tick)
+
+    def _graph_done(self, handle: GraphHandle, tick: int) -> None:
+        handle.finish_ns = tick
+        handle.nodes = None  # nothing looks a finished graph's nodes up again
+        self._finished_front.add(handle.rank)
+        if handle.on_done is not None:
+            handle.on_done(handle, tick)
+        if self.on_graph_done is not None:
+            self.on_graph_done(handle, tick)
+        workload = handle.workload
+        if workload is not None:
+            handle.workload = None  # no handle <-> workload cycle left for the garbage collector
+            workload.remaining -= 1
+            if workload.remaining == 0:
+                workload.finish_ns = tick
+                if workload.check_sends:
+                    diagnostics.check_workload_sends(self, workload.graphs, workload.label)
+                if workload.on_done is not None:
+                    workload.on_done(workload, tick)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Freeing finished graphs
+    # ------------------------------------------------------------------------------------------------------
+    def _compact_finished(self) -> None:
+        """Drop the finished graphs at the front of each rank where one finished (between events only)."""
+        ranks = self._finished_front
+        self._finished_front = set()
+        if self.record:
+            return  # node_times needs every node
+        for rank in ranks:
+            state = self.ranks[rank]
+            handles = state.handles
+            # A finished graph whose send still waits for its recv keeps its nodes: the recv names it.
+            while handles and handles[0].finish_ns is not None and not handles[0].unreceived:
+                handles.popleft()
+            shift = handles[0].first if handles else len(state.ids)
+            if shift >= COMPACT_MIN_NODES and 2 * shift >= len(state.ids):
+                self._compact(state, shift)
+
+    def _compact(self, state: _Rank, shift: int) -> None:
+        """Remove the first `shift` nodes of a rank (all finished) and renumber every reference to the rest."""
+        rank = state.rank
+        for values in (
+            state.ids,
+            state.names,
+            state.types,
+            state.kinds,
+            state.slots,
+            state.durations,
+            state.pending,
+            state.children,
+            state.graph_of,
+        ):
+            del values[:shift]
+        children = state.children
+        for position, kids in enumerate(children):
+            if kids is not None:
+                children[position] = [kid - shift for kid in kids]
+        state.ready = [[index - shift for index in heap] for heap in state.ready]  # order is kept: still heaps
+        state.instant = [index - shift for index in state.instant]
+        for handle in state.handles:
+            handle.first -= shift
+        state.waiting_recvs = {
+            key: deque(index - shift for index in queue) for key, queue in state.waiting_recvs.items()
+        }
+        state.colls_left = {index - shift: left for index, left in state.colls_left.items()}
+        state.missing = {index - shift: parents for index, parents in state.missing.items()}
+        for other in self.ranks:
+            for key, queue in other.arrived.items():
+                if any(sender == rank for _, sender, _ in queue):
+                    other.arrived[key] = deque(
+                        (arrival, sender, index - shift if sender == rank else index)
+                        for arrival, sender, index in queue
+                    )
+        for queue in state.queues:
+            for stream in queue:
+                stream.node -= shift
+        for instance in self._instances.values():
+            issued = instance.issued.get(rank)
+            if issued is not None and issued[0] >= shift:
+                instance.issued[rank] = (issued[0] - shift, issued[1])
+        events = self._events
+        for position, event in enumerate(events):
+            if event[2] == E_DONE and event[3] == rank:
+                events[position] = (event[0], event[1], E_DONE, rank, event[4] - shift)
 
     # ------------------------------------------------------------------------------------------------------
     # Point to point
@@ -521,22 +695,22 @@ class Engine:
             self._push(arrival, E_DONE, dst, recv)
         else:
             target.arrived.setdefault(key, deque()).append((arrival, state.rank, index))
+            state.graph_of[index].unreceived += 1
 
     def _recv(self, state: _Rank, index: int, tick: int) -> None:
         node = self._node(state, index)
         key = (node.comm_src, node.comm_tag % TAG_MODULUS, node.comm_size)
         arrived = state.arrived.get(key)
         if arrived:
-            self._push(max(arrived.popleft()[0], tick), E_DONE, state.rank, index)
+            arrival, sender, sender_index = arrived.popleft()
+            self.ranks[sender].graph_of[sender_index].unreceived -= 1
+            self._push(max(arrival, tick), E_DONE, state.rank, index)
         else:
             state.waiting_recvs.setdefault(key, deque()).append(index)
 
     def _node(self, state: _Rank, index: int):
         handle = state.graph_of[index]
-        return self._graph_nodes(handle)[index - handle.first]
-
-    def _graph_nodes(self, handle: GraphHandle):
-        return self._sorted_nodes[handle.number]
+        return handle.nodes[index - handle.first]
 
     # ------------------------------------------------------------------------------------------------------
     # Collectives
@@ -805,6 +979,8 @@ class Engine:
                     plan.algorithm, plan.comm_type, len(line), size, member_delay, bundle, self._local_mem
                 )
                 finishes = algorithm.run(list(relative))
+            if len(self._phase_cache) >= PHASE_CACHE_LIMIT:
+                self._phase_cache.clear()
             self._phase_cache[key] = finishes
         return [base + f for f in finishes]
 
@@ -814,100 +990,16 @@ class Engine:
         self._issue(state)
 
     # ------------------------------------------------------------------------------------------------------
-    # Results and deadlocks
+    # Results and deadlocks (astra_driver/engine/diagnostics.py says why a node is stuck)
     # ------------------------------------------------------------------------------------------------------
     def check_sends_received(self) -> None:
         """Raise DeadlockError when a send was never received. ASTRA-Sim completes sends eagerly, so every rank
         still finishes, but a message nobody receives is a broken trace (a recv missing or mismatched)."""
-        unmatched: dict[int, list[tuple[int, str]]] = {}
-        for state in self.ranks:
-            for (src, tag, size), queue in state.arrived.items():
-                for _, sender, index in queue:
-                    node_id = self.ranks[sender].ids[index]
-                    why = f"sends {src}->{state.rank} tag {tag} size {size} but rank {state.rank} never receives it"
-                    unmatched.setdefault(sender, []).append((node_id, f"{self.ranks[sender].names[index]} {why}"))
-        if not unmatched:
-            return
-        reasons = [f"rank {rank} node {node_id} {why}" for rank, sent in unmatched.items() for node_id, why in sent]
-        tail = f" (and {len(reasons) - 3} more unreceived sends)" if len(reasons) > 3 else ""
-        raise DeadlockError(
-            "unreceived send(s): {}{}".format("; ".join(reasons[:3]), tail),
-            stuck={rank: sorted(node_id for node_id, _ in entries) for rank, entries in unmatched.items()},
-        )
+        diagnostics.check_sends_received(self)
 
     def check_complete(self) -> None:
-        stuck = {state.rank: self._stuck_nodes(state) for state in self.ranks if state.remaining}
-        if not stuck:
-            return
-        reasons = []
-        for rank, entries in stuck.items():
-            for index, why in entries[:3]:
-                state = self.ranks[rank]
-                reasons.append(f"rank {rank} node {state.ids[index]} {state.names[index]} {why}")
-        more = sum(len(v) for v in stuck.values()) - len(reasons)
-        tail = f" (and {more} more stuck nodes)" if more > 0 else ""
-        raise DeadlockError(
-            "simulation stalled at tick {}: {}{}".format(self.now, "; ".join(reasons), tail),
-            stuck={rank: [self.ranks[rank].ids[i] for i, _ in entries] for rank, entries in stuck.items()},
-        )
-
-    def _stuck_nodes(self, state: _Rank) -> list[tuple[int, str]]:
-        """(node index, why) for a stalled rank: root causes first, then anything else left."""
-        causes: list[tuple[int, str]] = []
-        rank = state.rank
-        for (src, tag, size), queue in state.waiting_recvs.items():
-            sizes = [k[2] for k, q in state.arrived.items() if q and k[0] == src and k[1] == tag and k[2] != size]
-            for index in queue:
-                if sizes:
-                    why = f"waits for a send {src}->{rank} tag {tag} size {size}, but that send has size {sizes[0]}"
-                else:
-                    why = f"waits for a send {src}->{rank} tag {tag} size {size} that never comes"
-                causes.append((index, why))
-        for index in state.colls_left:
-            why = "is a collective whose other members never reach the same phase"
-            for instance in self._instances.values():
-                if instance.issued.get(rank, (-1, 0))[0] == index:
-                    absent = [m for m in instance.members if m not in instance.issued]
-                    why = (
-                        f"({COLLECTIVE_NAMES[instance.comm_type]} #{instance.key[1]} of group "
-                        f"{instance.key[0] or 'all'}) waits for ranks {absent[:8]} that never issue it"
-                    )
-            causes.append((index, why))
-        for index, parents in state.missing.items():
-            causes.append((index, f"depends on missing node id(s) {parents[:4]}"))
-        for index, kids in enumerate(state.children):
-            if kids and state.kinds[index] == K_STALL and any(state.pending[k] > 0 for k in kids):
-                kind = _TYPE_NAMES[state.types[index]]
-                causes.append((index, f"is a {kind}: ASTRA-Sim never releases its children (give it none)"))
-        cycle = self._cycle_nodes(state)
-        if cycle:
-            causes.append((cycle[0], f"is in a dependency cycle ({len(cycle)} nodes on or after it)"))
-        if not causes:
-            causes = [(i, "never becomes ready") for i in range(len(state.ids)) if state.pending[i] > 0][:1]
-        unique: dict[int, str] = {}
-        for index, why in causes:
-            unique.setdefault(index, why)
-        return list(unique.items())
-
-    def _cycle_nodes(self, state: _Rank) -> list[int]:
-        """Nodes on a dependency cycle (Kahn's algorithm leftovers that are not downstream of missing deps)."""
-        count = len(state.ids)
-        indegree = [0] * count
-        for index in range(count):
-            for child in state.children[index] or ():
-                indegree[child] += 1
-        queue = [i for i in range(count) if indegree[i] == 0]
-        seen = 0
-        while queue:
-            index = queue.pop()
-            seen += 1
-            for child in state.children[index] or ():
-                indegree[child] -= 1
-                if indegree[child] == 0:
-                    queue.append(child)
-        if seen == count:
-            return []
-        return [i for i in range(count) if indegree[i] > 0]
+        """Raise DeadlockError naming the stuck nodes when some rank has nodes left."""
+        diagnostics.check_complete(self)
 
     def result(self) -> SimResult:
         finish = [state.finish for state in self.ranks]
