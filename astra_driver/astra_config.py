@@ -327,9 +327,8 @@ def _number(path: Path, key: str, value: Any, integer: bool = False) -> float | 
     # bool is an int in Python; ASTRA-Sim's JSON reader would not take true/false for a number either.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PipesimError(f"{path}: {key}: expected a number, got {_show(value)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        # YAML's .inf/.nan and Python's JSON reader's Infinity/NaN: no simulator time comes out of them.
-        raise PipesimError(f"{path}: {key}: expected a finite number, got {value!r}; write a plain number")
+    # YAML's .inf/.nan and Python's JSON reader's Infinity/NaN pass here: the checks refuse them for every field,
+    # in the same words as for a config about to be written.
     if integer:
         if isinstance(value, float) and not value.is_integer():
             raise PipesimError(f"{path}: {key}: expected an integer, got {value!r}")

@@ -112,3 +112,129 @@ def test_graphml_survives_control_characters_in_names() -> None:
     root = ET.fromstring(chakra_inspect.to_graphml(builder.graph))
     ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
     assert root.find(".//g:node/g:data", ns).text == "COMP_NODE_a\\x01b<c>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 6: inspect --json is JSON Lines; validate checks what replay refuses and that the workload finishes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_inspect_json_is_json_lines_and_every_node_has_its_id(tmp_path, capsys) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    from llm_converter.chakra import schema
+    from llm_converter.chakra.writer import encode_node
+
+    workload = _two_rank_workload()
+    write_workload(tmp_path / "llm", workload)
+    assert main(["inspect", str(tmp_path / "llm"), "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    documents = [json.loads(line) for line in lines]  # every line one JSON document
+    assert len(documents) == 2 + 8  # per rank: its GlobalMetadata, then its nodes
+    assert documents[0] == documents[6] == {"version": "0.0.4"}
+    nodes = documents[1:6] + documents[7:]
+    assert [n["id"] for n in nodes] == ["0", "1", "2", "3", "4", "0", "1", "2"]  # node 0 keeps its id
+    # Otherwise exactly protobuf's JSON mapping (Chakra's jsonizer), field for field.
+    for document, node in zip(nodes, workload.graphs[0].nodes + workload.graphs[1].nodes, strict=True):
+        message = schema.Node()
+        message.ParseFromString(encode_node(node))
+        assert document == {"id": str(node.id), **MessageToDict(message)}
+
+
+def _two_computes() -> Workload:
+    graphs = []
+    for rank in range(2):
+        builder = GraphBuilder(rank)
+        builder.comp("work", 5)
+        graphs.append(builder.graph)
+    return Workload(graphs)
+
+
+def _write_configs(folder, npus: int = 2) -> None:
+    from astra_driver.astra_config import AstraConfig, NetworkConfig
+    from astra_driver.astra_files import write_astra_files
+
+    write_astra_files(folder, AstraConfig(network=NetworkConfig(["Ring"], [npus], [50.0], [500.0])))
+
+
+def test_validate_a_single_et_file(tmp_path, capsys) -> None:
+    write_workload(tmp_path / "llm", _two_rank_workload())
+    assert main(["validate", str(tmp_path / "llm.1.et")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == "ok: 1 rank, 3 nodes; rank 1 alone; pairings between ranks need the workload prefix"
+    flag = ["--comm-group-configuration", str(tmp_path / "g.json")]
+    assert main(["validate", str(tmp_path / "llm.1.et"), *flag]) == 2
+    assert "--comm-group-configuration: checks a whole workload" in capsys.readouterr().err
+
+
+def test_validate_runs_the_engine_with_the_config_beside_the_traces(tmp_path, capsys) -> None:
+    write_workload(tmp_path / "llm", _two_computes())
+    _write_configs(tmp_path)
+    assert main(["validate", str(tmp_path / "llm")]) == 0
+    out = capsys.readouterr().out.strip()
+    # 5 us of compute on each rank: the dry run's finish is 5000 ns.
+    assert out == (
+        "ok: 2 ranks, 2 nodes; runs to completion on the builtin engine with the ASTRA-Sim config beside the "
+        "traces (5000 ns)"
+    )
+
+
+def _comm_slot_deadlock() -> Workload:
+    """Rank 0's all-reduce (lowest id, issued first) holds its one communication slot while it waits for rank 1,
+    whose all-reduce waits for the send queued behind it. Every structural rule holds."""
+    a, b = GraphBuilder(0), GraphBuilder(1)
+    a.collective("ar", CollectiveType.ALL_REDUCE, 4096)
+    a.send("send", dst=1, tag=1, size=64)
+    b.collective("ar", CollectiveType.ALL_REDUCE, 4096, deps=[b.recv("recv", src=0, tag=1, size=64)])
+    return Workload([a.graph, b.graph])
+
+
+def test_validate_engine_dry_run_finds_what_the_structure_cannot(tmp_path, capsys) -> None:
+    from llm_converter.chakra.validator import validate_workload
+
+    assert validate_workload(_comm_slot_deadlock()).ok  # the structural dry run does not model the slot
+    write_workload(tmp_path / "w" / "llm", _comm_slot_deadlock())
+    assert main(["validate", str(tmp_path / "w" / "llm")]) == 0  # no config beside: structural only
+    capsys.readouterr()
+    _write_configs(tmp_path / "cfg")
+    flags = [
+        f"--{name}-configuration={tmp_path / 'cfg' / file}"
+        for name, file in (("system", "system.json"), ("network", "network.yml"), ("remote-memory", "memory.json"))
+    ]
+    assert main(["validate", str(tmp_path / "w" / "llm"), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith("workload: replay would stall (builtin engine dry run): simulation stalled")
+    assert "rank 1 node 0 recv waits for a send 0->1 tag 1 size 64" in captured.out
+    assert len(captured.err.splitlines()) == 1
+    # One flag given, the others neither given nor beside the traces: say which.
+    assert main(["validate", str(tmp_path / "w" / "llm"), flags[1]]) == 2
+    assert "--system-configuration: not given and no system.json beside the traces" in capsys.readouterr().err
+
+
+def test_validate_pg_name_needs_the_groups_file(tmp_path, capsys) -> None:
+    graphs = []
+    for rank in range(2):
+        builder = GraphBuilder(rank)
+        builder.collective("ar", CollectiveType.ALL_REDUCE, 4096, pg_name="1")
+        graphs.append(builder.graph)
+    write_workload(tmp_path / "llm", Workload(graphs))
+    _write_configs(tmp_path)
+    assert main(["validate", str(tmp_path / "llm")]) == 2  # as `convert` wrote TP traces: no groups file
+    assert "pg_name '1' names no communicator group" in capsys.readouterr().err
+    groups = tmp_path / "elsewhere.json"
+    groups.write_text('{"01": [0, 1]}')  # "01" is group 1, as ASTRA-Sim's stoi reads it
+    assert main(["validate", str(tmp_path / "llm"), "--comm-group-configuration", str(groups)]) == 0
+    assert "runs to completion on the builtin engine" in capsys.readouterr().out
+    (tmp_path / "comm_groups.json").write_text('{"1": [0, 1]}')
+    assert main(["validate", str(tmp_path / "llm")]) == 0
+    capsys.readouterr()
+
+
+def test_validate_refuses_an_invalid_node_with_dependents(tmp_path, capsys) -> None:
+    from llm_converter.graph import Graph, Node, NodeType
+
+    graph = Graph(0, [Node(0, "skipped", NodeType.INVALID_NODE), Node(1, "after", NodeType.COMP_NODE, [0])])
+    write_workload(tmp_path / "llm", Workload([graph, _two_computes().graphs[1]]))
+    _write_configs(tmp_path)
+    assert main(["validate", str(tmp_path / "llm")]) == 2
+    assert "INVALID_NODE (type 0) with dependents" in capsys.readouterr().err

@@ -134,3 +134,93 @@ def test_noncanonical_kind_is_still_reported() -> None:
     assert _messages(Workload([Graph(rank=0, nodes=[node])])) == [
         "rank 0 node 0: attribute comm_size has a non-canonical kind; write it as int64_val"
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 6: short lines, group ids as integers, pg_name without groups, and "ok" meaning it runs to completion
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_node_with_100000_missing_dependencies_gives_a_short_line() -> None:
+    graph = Graph(0, [Node(0, "root", NodeType.COMP_NODE), Node(1, "x", NodeType.COMP_NODE, list(range(10, 100_010)))])
+    messages = _messages(Workload([graph]))
+    assert messages == [
+        "rank 0 node 1: depends on missing node id(s) [10, 11, 12, 13, 14 and 99995 more]; ASTRA-Sim aborts at load"
+    ]
+
+
+def _one_collective_per_rank(pg_names: list[str | None], groups: dict[str, list[int]]) -> Workload:
+    graphs = []
+    for rank, pg in enumerate(pg_names):
+        builder = GraphBuilder(rank=rank)
+        builder.collective("COMM_COLL_NODE_ar", CollectiveType.ALL_REDUCE, 64, pg_name=pg)
+        graphs.append(builder.graph)
+    return Workload(graphs, groups)
+
+
+def test_group_ids_compare_as_integers_as_astra_sim_reads_them() -> None:
+    # stoi("01") == 1: both spellings name group 1, on the pg_name side and on the groups side.
+    assert validate_workload(_one_collective_per_rank(["01", "1"], {"1": [0, 1]})).ok
+    assert validate_workload(_one_collective_per_rank(["1", "1"], {"001": [0, 1]})).ok
+    for bad in ("²", "١", "1a", " 1", "99999999999"):
+        messages = _messages(_one_collective_per_rank([bad, bad], {"1": [0, 1]}))
+        assert messages[0] == (
+            f"rank 0 node 0: pg_name {bad!r} must be a decimal integer (ASCII digits, at most 2147483647): a group id"
+        )
+        assert len(messages) == 2  # one per rank, not repeated as an unknown group
+    assert "is group 0 to ASTRA-Sim" in _messages(_one_collective_per_rank(["00", "00"], {"1": [0, 1]}))[0]
+
+
+def test_pg_name_without_any_groups_file_is_a_problem() -> None:
+    """convert wrote TP collectives with pg_name but no groups file: replay refuses it, so validate must."""
+    messages = _messages(_one_collective_per_rank(["1", "1"], {}))
+    assert messages == [
+        f"rank {rank} node 0: pg_name '1' names no communicator group: no comm-group file was given "
+        "(--comm-group-configuration, or comm_groups.json beside the traces)"
+        for rank in (0, 1)
+    ]
+    assert validate_workload(_one_collective_per_rank(["0", ""], {})).ok  # the default group needs no file
+
+
+def test_invalid_node_with_dependents_never_releases_them() -> None:
+    graph = Graph(0, [Node(0, "skipped", NodeType.INVALID_NODE), Node(1, "after", NodeType.COMP_NODE, [0])])
+    assert _messages(Workload([graph])) == [
+        "rank 0 node 0: INVALID_NODE (type 0) with dependents: ASTRA-Sim skips it and never issues them; give it a type"
+    ]
+    leaf = Graph(0, [Node(0, "work", NodeType.COMP_NODE), Node(1, "skipped", NodeType.INVALID_NODE, [0])])
+    assert validate_workload(Workload([leaf])).ok  # nothing waits on it
+
+
+def _recv_then_send(rank: int, peer: int) -> Graph:
+    builder = GraphBuilder(rank)
+    builder.send("send", dst=peer, tag=5, size=64, deps=[builder.recv("recv", src=peer, tag=5, size=64)])
+    return builder.graph
+
+
+def test_cross_rank_wait_cycle_through_send_recv_matching() -> None:
+    """Each rank receives before it sends to the other: every pairing matches, yet nothing ever runs."""
+    report = validate_workload(Workload([_recv_then_send(0, 1), _recv_then_send(1, 0)]))
+    assert [str(p) for p in report.problems] == [
+        f"rank {rank} nodes 0,1: 2 node(s) never run, so replay stalls: a wait cycle across ranks through send/recv "
+        f"or collectives; first: node 0 'recv' recv {1 - rank}->{rank} tag 5 size 64 waits for a send rank "
+        f"{1 - rank} issues only after something that waits itself"
+        for rank in (0, 1)
+    ]
+    # The same pairs with one rank sending first run to completion.
+    first = GraphBuilder(0)
+    first.recv("recv", src=1, tag=5, size=64, deps=[first.send("send", dst=1, tag=5, size=64)])
+    assert validate_workload(Workload([first.graph, _recv_then_send(1, 0)])).ok
+
+
+def test_collective_waiting_on_a_recv_behind_the_other_collective() -> None:
+    """Rank 0's all-reduce waits for a recv whose send rank 1 issues only after its own all-reduce."""
+    a, b = GraphBuilder(0), GraphBuilder(1)
+    a.collective("ar", CollectiveType.ALL_REDUCE, 64, deps=[a.recv("recv", src=1, tag=1, size=8)])
+    b.send("send", dst=0, tag=1, size=8, deps=[b.collective("ar", CollectiveType.ALL_REDUCE, 64)])
+    messages = _messages(Workload([a.graph, b.graph]))
+    assert len(messages) == 2
+    assert "first: node 0 'recv' recv 1->0 tag 1 size 8 waits for a send rank 1" in messages[0]
+    assert (
+        "first: node 0 'ar' collective #0 of the default group waits for ranks [0], which never reach it"
+        in (messages[1])
+    )

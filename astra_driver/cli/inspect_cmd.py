@@ -10,9 +10,9 @@ import typer
 
 from astra_driver.cli import app
 from astra_driver.paths import check_output_path
+from astra_driver.validate_job import is_single_et, validate_job
 from llm_converter.chakra import inspect as chakra_inspect
 from llm_converter.chakra.reader import read_graph, read_workload
-from llm_converter.chakra.validator import ValidationReport, validate_workload
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph
 from llm_converter.io import write_atomic
@@ -20,32 +20,17 @@ from llm_converter.io import write_atomic
 
 def load_graphs(file_or_prefix: str) -> list[Graph]:
     """One `.et` file, or every `<prefix>.<rank>.et` of a workload prefix."""
-    path = Path(file_or_prefix)
-    if path.suffix == ".et" and path.is_file():
-        return [read_graph(path)]
+    if is_single_et(file_or_prefix):
+        return [read_graph(file_or_prefix)]
     return read_workload(file_or_prefix).graphs
-
-
-def _comm_groups_beside(prefix: str, explicit: Path | None, npus: int) -> dict[str, list[int]]:
-    from astra_driver.astra_config import load_comm_groups
-
-    if explicit is not None:
-        return load_comm_groups(explicit, npus=npus)
-    beside = Path(prefix).parent / "comm_groups.json"
-    return load_comm_groups(beside, npus=npus) if beside.is_file() else {}
-
-
-def validate_prefix(prefix: str, comm_groups: Path | None = None, roofline: bool = False) -> ValidationReport:
-    """Read every rank of `prefix` (with comm_groups.json beside it, if any) and validate the workload."""
-    workload = read_workload(prefix)
-    workload.comm_groups = _comm_groups_beside(prefix, comm_groups, workload.npus)
-    return validate_workload(workload, roofline=roofline)
 
 
 @app.command()
 def inspect(
     file_or_prefix: Annotated[str, typer.Argument(help="An .et file, or a workload prefix (traces/x/llm).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Protobuf's JSON mapping, like Chakra's jsonizer.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON Lines: Chakra's jsonizer mapping, one document per node per line.")
+    ] = False,
     dot: Annotated[bool, typer.Option("--dot", help="Graphviz DOT (data edges plain, ctrl edges tee).")] = False,
     graphml: Annotated[bool, typer.Option("--graphml", help="GraphML (edge attribute dependency).")] = False,
     summary_json: Annotated[bool, typer.Option("--summary-json", help="The summary as JSON.")] = False,
@@ -75,15 +60,34 @@ def inspect(
 
 @app.command()
 def validate(
-    prefix: Annotated[str, typer.Argument(help="Workload prefix: reads <prefix>.0.et, <prefix>.1.et, ...")],
+    file_or_prefix: Annotated[
+        str, typer.Argument(help="Workload prefix (reads <prefix>.0.et, <prefix>.1.et, ...) or one .et file.")
+    ],
     comm_group_configuration: Annotated[
         Path | None,
         typer.Option("--comm-group-configuration", help="Groups file (default: comm_groups.json beside the files)."),
     ] = None,
+    system_configuration: Annotated[
+        Path | None, typer.Option("--system-configuration", help="system.json (default: beside the files).")
+    ] = None,
+    network_configuration: Annotated[
+        Path | None, typer.Option("--network-configuration", help="network.yml (default: beside the files).")
+    ] = None,
+    remote_memory_configuration: Annotated[
+        Path | None, typer.Option("--remote-memory-configuration", help="memory.json (default: beside the files).")
+    ] = None,
     roofline: Annotated[bool, typer.Option(help="Also require num_ops and tensor_size on compute nodes.")] = False,
 ) -> None:
-    """Check a workload loads and can run to completion: ids, deps, cycles, attributes, send/recv pairs, groups."""
-    report = validate_prefix(prefix, comm_group_configuration, roofline)
+    """Check replay would load the workload and run it to completion (a dry run on the builtin engine when
+    ASTRA-Sim's config is given or beside the files, else a structural one)."""
+    report = validate_job(
+        file_or_prefix,
+        comm_groups=comm_group_configuration,
+        system=system_configuration,
+        network=network_configuration,
+        memory=remote_memory_configuration,
+        roofline=roofline,
+    )
     if report.ok:
         typer.echo(report.summary())
         return
@@ -91,4 +95,4 @@ def validate(
     for problem in report.problems:
         typer.echo(str(problem))
     first = report.problems[0]
-    raise PipesimError(f"{prefix}: {report.summary()}; first: {first}")
+    raise PipesimError(f"{file_or_prefix}: {report.summary()}; first: {first}")

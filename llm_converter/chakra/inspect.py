@@ -1,18 +1,21 @@
 """Looking into traces: a per-rank summary, protobuf's JSON mapping, Graphviz DOT and GraphML.
 
-The JSON output matches Chakra's jsonizer (MessageToJson of GlobalMetadata then of every node, concatenated);
-DOT and GraphML follow Chakra's visualizer (data edges plain, control edges with a tee arrowhead /
-`dependency="control"`).
+The JSON output keeps Chakra's jsonizer field mapping (protobuf's JSON mapping of GlobalMetadata, then of every
+node) but as JSON Lines, one compact document per line, so every JSON tool reads it (the jsonizer concatenates
+indented documents, which `json.load` cannot); every node line has `id`, which protobuf's mapping drops
+when it is 0 (a proto3 default). DOT and GraphML follow Chakra's visualizer (data edges plain, control edges
+with a tee arrowhead / `dependency="control"`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape as _xml_escape
 
-from google.protobuf.json_format import MessageToJson
+from google.protobuf.json_format import MessageToDict
 
 from llm_converter.chakra import schema
 from llm_converter.chakra.writer import encode_metadata, encode_node
@@ -144,15 +147,18 @@ def format_summary(summary: GraphSummary) -> str:
 
 
 def to_json(graph: Graph) -> str:
-    """Chakra jsonizer output: MessageToJson(GlobalMetadata) then MessageToJson(node) for each node."""
+    """JSON Lines: protobuf's JSON mapping of the GlobalMetadata record, then of each node, one per line."""
     metadata = schema.GlobalMetadata()
     metadata.ParseFromString(encode_metadata(graph))
-    parts = [MessageToJson(metadata)]
+    lines = [json.dumps(MessageToDict(metadata))]
     message = schema.Node()
     for node in graph.nodes:
         message.ParseFromString(encode_node(node))
-        parts.append(MessageToJson(message))
-    return "".join(parts)
+        document = MessageToDict(message)
+        if "id" not in document:
+            document = {"id": str(node.id), **document}  # uint64 maps to a JSON string, as the other ids
+        lines.append(json.dumps(document))
+    return "\n".join(lines) + "\n"
 
 
 # XML 1.0 cannot hold most control characters, even escaped: show them as \xNN.

@@ -62,9 +62,10 @@ class ValidationReport:
         return not self.problems
 
     def summary(self) -> str:
+        ranks = f"{self.ranks} rank{'s' if self.ranks != 1 else ''}, {self.nodes} nodes"
         if self.ok:
-            return f"ok: {self.ranks} ranks, {self.nodes} nodes" + (f"; {self.note}" if self.note else "")
-        return f"{len(self.problems)} problem(s) in {self.ranks} ranks, {self.nodes} nodes"
+            return f"ok: {ranks}" + (f"; {self.note}" if self.note else "")
+        return f"{len(self.problems)} problem(s) in {ranks}"
 
 
 def validate_workload(workload: Workload, roofline: bool = False, progress: bool = True) -> ValidationReport:
