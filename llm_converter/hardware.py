@@ -1,4 +1,5 @@
-"""Accelerator specs (HardwareSpec) and the hardware catalog in `<configs>/hardware/*.yaml`.
+"""Accelerator specs (HardwareSpec) and the hardware catalog in `llm_converter/catalog/hardware/*.yaml` (package
+data; models.catalog_dir).
 
 Figures come from vendor datasheets and whitepapers (the source is noted in each YAML file). The roofline
 latency model's factors sit beside them: the achieved L2 bandwidth and effective L2 capacity fraction, the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import cache
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import yaml
 
 from llm_converter.errors import PipesimError
 from llm_converter.layer_ops import OP_CLASSES
-from llm_converter.models import config_dir
+from llm_converter.models import catalog_dir, catalog_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ _SCALAR_FIELDS = {f.name for f in fields(HardwareSpec)} - set(OP_CLASSES)
 _YAML_FIELDS = _SCALAR_FIELDS | {"op_classes"}
 
 
-def _factors_from(path: Path, cls: str, entry: Any) -> OpClassFactors:
+def _factors_from(path: Path | Traversable, cls: str, entry: Any) -> OpClassFactors:
     if not isinstance(entry, dict) or set(entry) != set(_FACTOR_FIELDS):
         raise PipesimError(f"{path}: op_classes.{cls} must map exactly {', '.join(_FACTOR_FIELDS)}; fix the YAML")
     try:
@@ -119,7 +121,7 @@ def _factors_from(path: Path, cls: str, entry: Any) -> OpClassFactors:
         raise PipesimError(f"{path}: op_classes.{cls}: {exc}; factors must be numbers") from None
 
 
-def _spec_from_file(path: Path) -> HardwareSpec:
+def _spec_from_file(path: Path | Traversable) -> HardwareSpec:
     try:
         entry: Any = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -149,21 +151,20 @@ def _spec_from_file(path: Path) -> HardwareSpec:
 
 
 @cache
-def _catalog(directory: Path) -> dict[str, HardwareSpec]:
+def _catalog(directory: Traversable) -> dict[str, HardwareSpec]:
     index: dict[str, HardwareSpec] = {}
-    if directory.is_dir():
-        for path in sorted(directory.glob("*.yaml")):
-            spec = _spec_from_file(path)
-            index[spec.name.lower()] = spec
+    for path in catalog_files(directory):
+        spec = _spec_from_file(path)
+        index[spec.name.lower()] = spec
     return index
 
 
 def list_hardware() -> list[str]:
-    return sorted(spec.name for spec in _catalog(config_dir() / "hardware").values())
+    return sorted(spec.name for spec in _catalog(catalog_dir("hardware")).values())
 
 
 def get_hardware(name: str) -> HardwareSpec:
-    spec = _catalog(config_dir() / "hardware").get(name.lower())
+    spec = _catalog(catalog_dir("hardware")).get(name.lower())
     if spec is None:
         raise PipesimError(f"unknown hardware {name!r}: use one of {', '.join(list_hardware())}")
     return spec

@@ -1,6 +1,7 @@
 """Model dimensions (ModelSpec), their parameter and KV-cache arithmetic, and the model catalog.
 
-A ModelSpec comes from the YAML catalog in `<configs>/models/` (written from the models' published
+A ModelSpec comes from the YAML catalog in `llm_converter/catalog/models/` (package data, read with
+importlib.resources so an installed wheel finds it; written from the models' published
 dimensions) or from a HuggingFace `config.json`. Parameter counts follow the HF module layout exactly so
 they match published totals; everything else in pipesim (layer work, memory, stage splits) builds on them.
 """
@@ -11,6 +12,8 @@ import json
 import os
 from dataclasses import dataclass, fields
 from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,20 @@ def dtype_bytes(dtype: str) -> int:
         raise PipesimError(f"unknown dtype {dtype!r}: set dtype to one of {', '.join(DTYPE_BYTES)}") from None
 
 
-def config_dir() -> Path:
-    """Where the catalogs live: `<repo>/configs`, or $PIPESIM_CONFIG_DIR when set."""
+def catalog_dir(kind: str) -> Traversable:
+    """Where a catalog's YAML files live: `llm_converter/catalog/<kind>/` (shipped as package data), or
+    `$PIPESIM_CONFIG_DIR/<kind>/` when that is set. `kind` is "models" or "hardware"."""
     override = os.environ.get("PIPESIM_CONFIG_DIR")
     if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1] / "configs"
+        return Path(override) / kind
+    return resources.files("llm_converter") / "catalog" / kind
+
+
+def catalog_files(directory: Traversable) -> list[Traversable]:
+    """The `*.yaml` files of a catalog folder, by name (none when the folder does not exist)."""
+    if not directory.is_dir():
+        return []
+    return sorted((entry for entry in directory.iterdir() if entry.name.endswith(".yaml")), key=lambda e: e.name)
 
 
 @dataclass(frozen=True)
@@ -180,7 +191,7 @@ class ModelSpec:
 _SPEC_FIELDS = {f.name for f in fields(ModelSpec)}
 
 
-def _spec_from_catalog_entry(path: Path, entry: dict[str, Any]) -> tuple[ModelSpec, list[str]]:
+def _spec_from_catalog_entry(path: Traversable, entry: dict[str, Any]) -> tuple[ModelSpec, list[str]]:
     if not isinstance(entry, dict):
         raise PipesimError(f"{path}: expected a mapping of ModelSpec fields; fix the YAML")
     data = dict(entry)
@@ -196,12 +207,10 @@ def _spec_from_catalog_entry(path: Path, entry: dict[str, Any]) -> tuple[ModelSp
 
 
 @cache
-def _catalog(directory: Path) -> dict[str, ModelSpec]:
+def _catalog(directory: Traversable) -> dict[str, ModelSpec]:
     """Lower-cased name, short name and aliases -> spec."""
     index: dict[str, ModelSpec] = {}
-    if not directory.is_dir():
-        return index
-    for path in sorted(directory.glob("*.yaml")):
+    for path in catalog_files(directory):
         try:
             entry = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
@@ -213,7 +222,7 @@ def _catalog(directory: Path) -> dict[str, ModelSpec]:
 
 
 def list_models() -> list[str]:
-    return sorted({spec.name for spec in _catalog(config_dir() / "models").values()})
+    return sorted({spec.name for spec in _catalog(catalog_dir("models")).values()})
 
 
 def get_model(name_or_path: str) -> ModelSpec:
@@ -221,7 +230,7 @@ def get_model(name_or_path: str) -> ModelSpec:
     path = Path(name_or_path)
     if name_or_path.endswith(".json") or path.is_file():
         return model_from_hf_config(path)
-    spec = _catalog(config_dir() / "models").get(name_or_path.lower())
+    spec = _catalog(catalog_dir("models")).get(name_or_path.lower())
     if spec is None:
         raise PipesimError(
             f"unknown model {name_or_path!r}: use one of {', '.join(list_models())} "

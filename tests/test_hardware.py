@@ -56,7 +56,7 @@ def test_unknown_and_invalid() -> None:
 
 
 def test_yaml_op_classes_are_checked(tmp_path: Path) -> None:
-    text = (Path(__file__).resolve().parents[1] / "configs" / "hardware" / "h200.yaml").read_text()
+    text = (Path(__file__).resolve().parents[1] / "llm_converter" / "catalog" / "hardware" / "h200.yaml").read_text()
     path = tmp_path / "x.yaml"
     path.write_text(text.replace("  sampler:", "  sampling:"))
     with pytest.raises(PipesimError, match="op_classes must map exactly gemm, attention, elementwise, sampler"):

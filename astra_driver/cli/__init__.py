@@ -25,8 +25,28 @@ app = typer.Typer(
 )
 
 
+def package_version() -> str:
+    """pipesim's installed version (importlib.metadata), or "unknown" when run from a tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pipesim")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pipesim {package_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """LLM serving and pipeline-parallel training as Chakra traces, simulated with ASTRA-Sim semantics."""
     # A callback keeps the app a group of verbs even when only one verb module is imported (see below).
 
