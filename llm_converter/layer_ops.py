@@ -52,6 +52,11 @@ MOE_MLP_LAYERS = ("moe_gate", "experts")
 
 # Layers whose output is a partial sum across TP ranks (all-reduced when tp > 1).
 TP_ALL_REDUCE_LAYERS = frozenset({"o_proj", "down_proj", "experts"})
+# vLLM under TP also all-reduces the vocab-parallel embedding's output (VocabParallelEmbedding: each rank looks up
+# only its vocab shard, zeros elsewhere) and all-gathers lm_head's vocab-sharded logits before the sampler
+# (LogitsProcessor._gather_logits, all-gather in the v1 engine).
+TP_EMBEDDING_ALL_REDUCE = "embedding"
+TP_ALL_GATHER_LAYERS = frozenset({"lm_head"})
 
 # Op classes: the roofline gives each its own efficiencies and per-call overhead, because they run different
 # kernels. gemm: cuBLAS matmuls that stream weights (compute-bound at large T); attention: FlashAttention plus
@@ -77,6 +82,10 @@ LAYER_OP_CLASS: dict[str, str] = {
         "elementwise",
     ),
     "sampler": "sampler",
+    # Training only (llm_converter/training_ops.py): the vocab-parallel cross-entropy over the logits and the
+    # Adam update, both memory-bound passes over large buffers.
+    "cross_entropy": "elementwise",
+    "optimizer_step": "elementwise",
 }
 
 
@@ -110,6 +119,9 @@ class LayerOp:
     tp_comm_bytes: int = 0  # size of that all-reduce (tokens x hidden x dtype bytes), 0 when none
     tile_flops: int = 0  # FLOPs the kernel executes, padding included (attention); 0: the same as flops
     ctas: int = 0  # thread blocks of the kernel's grid (attention; the roofline's SM occupancy); 0: fills the GPU
+    # lm_head with tp > 1: bytes of this rank's logits shard (sequences x vocab/tp x dtype), all-gathered across
+    # the TP group; 0 when none
+    tp_gather_bytes: int = 0
 
 
 def block_layer_names(model: ModelSpec) -> tuple[str, ...]:
@@ -406,7 +418,8 @@ def iteration_ops(
             tokens * s.h if s.learned_positions else 0,
             (emb_rows + 1) * tokens * s.h * b,
             s.embedding_params,
-            False,
+            s.tp > 1,  # TP_EMBEDDING_ALL_REDUCE
+            tokens * s.h * b if s.tp > 1 else 0,
         )
     ]
     block = [_block_op(name, s, iteration, tokens) for name in block_layer_names(model)]
@@ -421,6 +434,7 @@ def iteration_ops(
             s.lm_head_weight_bytes + sequences * (s.h + s.vocab) * b,
             s.lm_head_params,
             False,
+            tp_gather_bytes=sequences * s.vocab * b if s.tp > 1 else 0,  # TP_ALL_GATHER_LAYERS
         ),
         # The sampler sees the gathered full-vocab float32 logits: read them, write the probabilities.
         LayerOp(
@@ -434,3 +448,22 @@ def iteration_ops(
         ),
     ]
     return pre, block, post
+
+
+def gemm_dims(model: ModelSpec, name: str, tp: int, dtype: str) -> tuple[int, int]:
+    """(d_in, d_out) on one TP rank of a GEMM layer (block projections, moe_gate, lm_head; experts: one expert's
+    gate_up). Training sizes its output tiles from them (training_ops)."""
+    s = _shard(model, tp, dtype)
+    dims = {
+        "qkv_proj": (s.h, s.q + 2 * s.kv),
+        "o_proj": (s.q, s.h),
+        "gate_up_proj": (s.h, 2 * s.inter),
+        "up_proj": (s.h, s.inter),
+        "down_proj": (s.inter, s.h),
+        "moe_gate": (s.h, s.num_experts),
+        "experts": (s.h, 2 * s.expert_inter),
+        "lm_head": (s.h, s.vocab),
+    }
+    if name not in dims:
+        raise PipesimError(f"gemm_dims: {name!r} is not a GEMM layer (known: {', '.join(dims)})")
+    return dims[name]

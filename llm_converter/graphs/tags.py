@@ -30,3 +30,24 @@ def activation_tag(iteration_id: int, boundary: int) -> int:
     if iteration_id < 0:
         raise PipesimError(f"serving graph: iteration_id {iteration_id} is negative; ids count from 0")
     return (iteration_id % TAG_ITERATION_PERIOD) * TAG_STAGE_STRIDE + boundary
+
+
+# Training: comm_tag = ((microbatch mod TRAINING_MICROBATCH_PERIOD) * TAG_STAGE_STRIDE + boundary) * 2 + direction,
+# boundary b = virtual stage b <-> b+1, direction 0 = activation (forward), 1 = gradient (backward). Every
+# microbatch of a step has its own tag on each boundary and direction, below TAG_MODULUS for up to 244,140
+# microbatches; beyond that the ids wrap, and a microbatch that far apart is never in flight at once.
+TRAINING_DIRECTIONS = 2
+TRAINING_MICROBATCH_PERIOD = TAG_MODULUS // (TAG_STAGE_STRIDE * TRAINING_DIRECTIONS)
+
+
+def training_tag(microbatch: int, boundary: int, gradient: bool) -> int:
+    """Tag of the activation (stage `boundary` -> `boundary + 1`) or the gradient (`boundary + 1` -> `boundary`)
+    of `microbatch` in a training step."""
+    if not 0 <= boundary < TAG_STAGE_STRIDE:
+        raise PipesimError(
+            f"training graph: stage boundary {boundary} outside [0, {TAG_STAGE_STRIDE}); use pp * chunks <= 1024"
+        )
+    if microbatch < 0:
+        raise PipesimError(f"training graph: microbatch {microbatch} is negative; microbatches count from 0")
+    slot = (microbatch % TRAINING_MICROBATCH_PERIOD) * TAG_STAGE_STRIDE + boundary
+    return slot * TRAINING_DIRECTIONS + (1 if gradient else 0)
