@@ -69,6 +69,40 @@ def test_interleaved_order_is_megatrons_and_torchs() -> None:
     ]
 
 
+def _megatron_interleaved_order(pp: int, m: int, v: int, rank: int) -> list[str]:
+    """Megatron-core's forward_backward_pipelining_with_interleaving, written from its helpers
+    (get_model_chunk_id, get_microbatch_id_in_model_chunk, group size = pp): virtual microbatch k -> (chunk,
+    microbatch); warm-up (p-r-1)*2 + (v-1)*p capped at m*v; then forward k+warmup, backward k."""
+    total = m * v
+
+    def chunk(k: int, forward: bool) -> int:
+        c = (k % (pp * v)) // pp
+        return c if forward else v - 1 - c
+
+    def microbatch(k: int) -> int:
+        return (k // (pp * v)) * pp + k % pp
+
+    def f(k: int) -> str:
+        return f"{chunk(k, True) * pp + rank}F{microbatch(k)}"
+
+    def b(k: int) -> str:
+        return f"{chunk(k, False) * pp + rank}B{microbatch(k)}"
+
+    warmup = min((pp - rank - 1) * 2 + (v - 1) * pp, total)
+    order = [f(k) for k in range(warmup)]
+    for k in range(total - warmup):
+        order += [f(k + warmup), b(k)]
+    order += [b(k) for k in range(total - warmup, total)]
+    return order
+
+
+@pytest.mark.parametrize(("pp", "m", "v"), [(2, 4, 2), (4, 8, 2), (4, 4, 3), (3, 9, 2), (4, 16, 4), (1, 3, 2)])
+def test_interleaved_equals_megatrons_virtual_microbatch_order(pp: int, m: int, v: int) -> None:
+    schedule = build_schedule("interleaved-1f1b", pp, m, chunks=v)
+    for rank in range(pp):
+        assert [str(a) for a in schedule.actions[rank]] == _megatron_interleaved_order(pp, m, v, rank)
+
+
 def test_looped_bfs_order_is_torchs() -> None:
     # ScheduleLoopedBFS: forwards chunk by chunk, backwards from the last chunk, microbatches reversed.
     assert orders(build_schedule("looped-bfs", 2, 2, chunks=2)) == [
