@@ -59,6 +59,7 @@ _VERB_MODULES = {
     "inspect": "inspect_cmd",
     "validate": "inspect_cmd",
     "replay": "replay_cmd",
+    "train": "train_cmd",
     "workload": "workload_cmd",
     "schedule": "schedule_cmd",
 }
