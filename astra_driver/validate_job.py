@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from astra_driver.astra_config import (
@@ -45,11 +46,18 @@ def comm_groups_for(prefix: str | Path, explicit: Path | None, npus: int) -> dic
     return load_comm_groups(beside, npus=npus) if beside.is_file() else {}
 
 
+@dataclass(frozen=True)
+class FoundConfig:
+    config: AstraConfig
+    system_path: Path  # named by replay's endpoint-delay refusal
+    where: str  # "given" or "beside the traces"
+
+
 def astra_config_for(
     prefix: str | Path, system: Path | None, network: Path | None, memory: Path | None
-) -> tuple[AstraConfig, str] | None:
+) -> FoundConfig | None:
     """ASTRA-Sim's config from the files given, the rest from beside the traces; None when none is given and
-    not all three lie beside them. Also says where the files came from."""
+    not all three lie beside them."""
     folder = Path(prefix).parent
     given = {"--system-configuration": system, "--network-configuration": network}
     given["--remote-memory-configuration"] = memory
@@ -65,15 +73,18 @@ def astra_config_for(
         paths["--system-configuration"], paths["--network-configuration"], paths["--remote-memory-configuration"]
     )
     where = "beside the traces" if all(path is None for path in given.values()) else "given"
-    return config, where
+    return FoundConfig(config, paths["--system-configuration"], where)
 
 
-def dry_run(workload: Workload, config: AstraConfig, report: ValidationReport, where: str) -> None:
+def dry_run(workload: Workload, found: FoundConfig, report: ValidationReport) -> None:
     """Run the workload on the builtin engine; what stops it becomes a problem of `report`."""
-    from astra_driver.engine import simulate  # the engine only when there is a config to run it with
+    # The engine only when there is a config to run it with; backends holds replay's own refusals.
+    from astra_driver.backends import check_endpoint_delay
+    from astra_driver.engine import simulate
 
     try:
-        result = simulate(workload, config)
+        check_endpoint_delay(workload, found.config, 1.0, found.system_path)
+        result = simulate(workload, found.config)
     except DeadlockError as exc:
         report.problems.append(Problem(None, (), f"replay would stall (builtin engine dry run): {exc}"))
         return
@@ -81,7 +92,7 @@ def dry_run(workload: Workload, config: AstraConfig, report: ValidationReport, w
         report.problems.append(Problem(None, (), f"replay would refuse it (builtin engine dry run): {exc}"))
         return
     finish = max(result.finish_ns, default=0)
-    report.note = f"runs to completion on the builtin engine with the ASTRA-Sim config {where} ({finish} ns)"
+    report.note = f"runs to completion on the builtin engine with the ASTRA-Sim config {found.where} ({finish} ns)"
 
 
 def validate_job(
@@ -110,8 +121,8 @@ def validate_job(
     found = astra_config_for(file_or_prefix, system, network, memory)
     if found is None:
         return validate_workload(workload, roofline=roofline, progress=True)
-    config, where = found
-    report = validate_workload(workload, roofline=roofline or config.system.roofline_enabled, progress=False)
+    roofline = roofline or found.config.system.roofline_enabled
+    report = validate_workload(workload, roofline=roofline, progress=False)
     if report.ok:
-        dry_run(workload, config, report, where)
+        dry_run(workload, found, report)
     return report

@@ -9,7 +9,9 @@ import pytest
 
 from astra_driver.astra_config import (
     AstraConfig,
+    MemoryConfig,
     NetworkConfig,
+    SystemConfig,
     check_workload_matches,
     load_astra_config,
     load_comm_groups,
@@ -18,7 +20,7 @@ from astra_driver.astra_config import (
     load_system,
 )
 from llm_converter.errors import PipesimError
-from llm_converter.graph import GraphBuilder, Workload
+from llm_converter.graph import CollectiveType, GraphBuilder, Workload
 from tests.conftest import CONFORMANCE
 
 NETWORK = "topology: [ Ring, Switch ]\nnpus_count: [ 2, 4 ]\nbandwidth: [ 400.0, 50.0 ]\nlatency: [ 936.25, 500.0 ]\n"
@@ -160,3 +162,147 @@ def test_every_conformance_config_loads() -> None:
             case / "system.json", case / "network.yml", case / "memory.json", groups if groups.exists() else None
         )
         assert config.network.npus >= 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Issue 6: one set of checks for loaders and writer; hostile files; group ids as integers
+# ---------------------------------------------------------------------------------------------------------
+
+GOOD_NETWORK = "topology: [ Ring ]\nnpus_count: [ 4 ]\nbandwidth: [ 50.0 ]\nlatency: [ 500.0 ]\n"
+
+
+@pytest.mark.parametrize(
+    ("network", "system", "memory", "config"),
+    [
+        ("bandwidth: [ .inf ]", None, None, {"network": NetworkConfig(["Ring"], [4], [float("inf")], [500.0])}),
+        ("latency: [ -1 ]", None, None, {"network": NetworkConfig(["Ring"], [4], [50.0], [-1.0])}),
+        ("npus_count: [ 1 ]", None, None, {"network": NetworkConfig(["Ring"], [1], [50.0], [500.0])}),
+        ("topology: [ Torus ]", None, None, {"network": NetworkConfig(["Torus"], [4], [50.0], [500.0])}),
+        (None, {"peak-perf": float("inf")}, None, {"system": SystemConfig(peak_perf=float("inf"))}),
+        (None, {"local-mem-bw": float("nan")}, None, {"system": SystemConfig(local_mem_bw=float("nan"))}),
+        (None, {"scheduling-policy": "RANDOM"}, None, {"system": SystemConfig(scheduling_policy="RANDOM")}),
+        (None, {"endpoint-delay": -1}, None, {"system": SystemConfig(endpoint_delay=-1)}),
+        (None, None, {"memory-type": "DISK"}, {"memory": MemoryConfig("DISK")}),
+        (
+            None,
+            None,
+            {"memory-type": "MEMORY_POOL", "remote-mem-bw": float("inf"), "remote-mem-latency": 0},
+            {"memory": MemoryConfig("MEMORY_POOL", remote_mem_bw=float("inf"))},
+        ),
+    ],
+)
+def test_loader_and_writer_refuse_the_same_values_in_the_same_words(
+    tmp_path: Path, network: str | None, system: dict | None, memory: dict | None, config: dict
+) -> None:
+    """The checks have one home: a value the writer refuses, the loader refuses (non-finite ones too), alike."""
+    from dataclasses import replace
+
+    from astra_driver.astra_files import write_astra_files
+
+    lines = dict(line.split(": ", 1) for line in GOOD_NETWORK.splitlines())
+    if network:
+        key, value = network.split(": ", 1)
+        lines[key] = value
+    one_dim = {key: ["ring"] for key in SYSTEM if key.endswith("-implementation")}
+    files = _files(
+        tmp_path,
+        network="".join(f"{key}: {value}\n" for key, value in lines.items()),
+        system={**SYSTEM, **one_dim, **(system or {})},
+        memory=memory,
+    )
+    with pytest.raises(PipesimError) as loading:
+        load_astra_config(*files)
+    base = AstraConfig(network=NetworkConfig(["Ring"], [4], [50.0], [500.0]))
+    with pytest.raises(PipesimError) as writing:
+        write_astra_files(tmp_path / "out", replace(base, **config))
+    loaded = str(loading.value)
+    written = str(writing.value).split("cannot write ASTRA-Sim config files: ", 1)[1]
+    name = written.split(":", 1)[0]
+    assert loaded.startswith(f"{tmp_path / name}: ")
+    assert loaded.split(": ", 1)[1] == written.split(": ", 1)[1]
+
+
+def _hostile(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+HOSTILE = {
+    "invalid UTF-8": (b'{"memory-type": "NO_MEMORY\xff\xfe"}', "line 1, byte 26: not valid UTF-8 text"),
+    "UTF-16": ('{"memory-type": "NO_MEMORY_EXPANSION"}'.encode("utf-16"), "UTF-16 text; save it as UTF-8"),
+    "JSON nested 1000 deep": (b'{"a": ' + b"[" * 1000 + b"]" * 1000 + b"}", "nested too deeply to read"),
+    "integer of 5000 digits": (b'{"remote-mem-bw": ' + b"9" * 5000 + b"}", "an integer of over 4300 digits"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+@pytest.mark.parametrize("name", ["system.json", "memory.json", "comm_groups.json"])
+def test_hostile_json_files_are_one_line_errors(tmp_path: Path, case: str, name: str) -> None:
+    data, fragment = HOSTILE[case]
+    path = _hostile(tmp_path, name, data)
+    loader = {"system.json": load_system, "memory.json": load_memory, "comm_groups.json": load_comm_groups}[name]
+    with pytest.raises(PipesimError) as caught:
+        loader(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and fragment in message and len(message) < 300
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (b"topology: [ Ring\xc3 ]\n", "line 1, byte 16: not valid UTF-8 text"),
+        (GOOD_NETWORK.encode("utf-16"), "UTF-16 text"),
+        (b"topology: " + b"[" * 600 + b"]" * 600 + b"\n", "nested too deeply to read"),
+        (b"npus_count: [ " + b"7" * 4400 + b" ]\n", "an integer of over 4300 digits"),
+    ],
+)
+def test_hostile_network_files_are_one_line_errors(tmp_path: Path, text: bytes, fragment: str) -> None:
+    path = _hostile(tmp_path, "network.yml", text)
+    with pytest.raises(PipesimError) as caught:
+        load_network(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and fragment in message and len(message) < 300
+
+
+def test_integers_too_large_for_a_float_or_a_32_bit_int(tmp_path: Path) -> None:
+    huge = "1" + "0" * 400  # a JSON integer beyond any double: float() overflows
+    path = _hostile(tmp_path, "system.json", f'{{"peak-perf": {huge}}}'.encode())
+    with pytest.raises(PipesimError, match=r"peak-perf: 1.*is too large for a number \(over 1.8e308\)"):
+        load_system(path)
+    network = GOOD_NETWORK.replace("[ 4 ]", "[ 4294967296 ]")
+    with pytest.raises(PipesimError, match=r"npus_count: 4294967296 is over 2147483647; ASTRA-Sim reads a 32-bit int"):
+        load_network(_write(tmp_path, "network.yml", network))
+    # A field holding a huge or nested value is quoted short.
+    nested = _hostile(tmp_path, "memory.json", b'{"memory-type": ' + b"[" * 50 + b"]" * 50 + b"}")
+    with pytest.raises(PipesimError) as caught:
+        load_memory(nested)
+    assert str(caught.value) == f"{nested}: memory-type: expected a name (a string), got [[[...]]]"
+
+
+def test_group_ids_are_integers_as_astra_sim_reads_them(tmp_path: Path) -> None:
+    assert load_comm_groups(_write(tmp_path, "g.json", '{"01": [0, 1], "2": [2]}')) == {"1": [0, 1], "2": [2]}
+    with pytest.raises(PipesimError, match=r"groups '01' and '1' are both group 1"):
+        load_comm_groups(_write(tmp_path, "g.json", '{"01": [0], "1": [1]}'))
+    with pytest.raises(PipesimError, match=r"group '1' appears twice"):
+        load_comm_groups(_write(tmp_path, "g.json", '{"1": [0], "1": [1]}'))
+    for bad in ("²", "١", "1a", "-1", "0", "00", "99999999999"):
+        path = _write(tmp_path, "g.json", json.dumps({bad: [0]}))
+        with pytest.raises(PipesimError, match="ids must be positive decimal integers up to 2147483647"):
+            load_comm_groups(path)
+
+
+def test_engine_finds_group_01_under_its_integer_id() -> None:
+    from astra_driver.engine import simulate
+
+    config = AstraConfig(network=NetworkConfig(["Ring"], [2], [50.0], [500.0]), comm_groups={"1": [0, 1]})
+    graphs = []
+    for rank in range(2):
+        builder = GraphBuilder(rank)
+        builder.collective("ar", CollectiveType.ALL_REDUCE, 1 << 20, pg_name="01")
+        graphs.append(builder.graph)
+    by_01 = simulate(Workload(graphs), config).finish_ns
+    for graph in graphs:
+        graph.nodes[0].pg_name = "0"  # the default group: the same two NPUs
+    assert by_01 == simulate(Workload(graphs), config).finish_ns
+    assert by_01[0] > 0

@@ -238,3 +238,19 @@ def test_validate_refuses_an_invalid_node_with_dependents(tmp_path, capsys) -> N
     _write_configs(tmp_path)
     assert main(["validate", str(tmp_path / "llm")]) == 2
     assert "INVALID_NODE (type 0) with dependents" in capsys.readouterr().err
+
+
+def test_validate_refuses_what_replay_refuses_for_the_config(tmp_path, capsys) -> None:
+    """endpoint-delay 0 loads, but replay refuses it once a collective runs: so does validate."""
+    graphs = []
+    for rank in range(2):
+        builder = GraphBuilder(rank)
+        builder.collective("ar", CollectiveType.ALL_REDUCE, 4096)
+        graphs.append(builder.graph)
+    write_workload(tmp_path / "llm", Workload(graphs))
+    _write_configs(tmp_path)
+    system = json.loads((tmp_path / "system.json").read_text())
+    (tmp_path / "system.json").write_text(json.dumps({**system, "endpoint-delay": 0}))
+    assert main(["validate", str(tmp_path / "llm")]) == 2
+    err = capsys.readouterr().err
+    assert "replay would refuse it" in err and "endpoint-delay = 0" in err and str(tmp_path / "system.json") in err
