@@ -82,8 +82,13 @@ def test_cli_prints_grid_and_bubble(capsys) -> None:
     assert main(["schedule", "--schedule", "1f1b", "--pp", "4", "--microbatches", "8"]) == 0
     out = capsys.readouterr().out
     assert "Step 03: 0F3    1F2    2F1    3F0" in out
-    assert "bubble 27.27%" in out and "closed form (p-1)/(m+p-1) = 27.27%" in out
+    assert "bubble 27.27%" in out and "closed form for uniform times and free transfers (p-1)/(m+p-1) = 27.27%" in out
     assert "peak in-flight microbatches per stage: 4 3 2 1" in out
+
+
+def test_cli_p2p_steps_lengthen_the_step(capsys) -> None:
+    assert main(["schedule", "--schedule", "gpipe", "--pp", "2", "--microbatches", "3", "--p2p", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step_time"] == 2 * (3 + 2 - 1) + 2 * 1
 
 
 def test_cli_json_interleaved(capsys) -> None:

@@ -83,6 +83,9 @@ def schedule(
         str | None,
         typer.Option("--times", help="Action times in steps: F,B or F,I,W (default: 1 each).", show_default=False),
     ] = None,
+    p2p: Annotated[
+        int, typer.Option("--p2p", help="Steps an activation or gradient takes between two ranks.", min=0)
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule and its dry run as JSON.")] = False,
 ) -> None:
     """Print a pipeline schedule's step x rank grid, its dry-run bubble and peak in-flight microbatches."""
@@ -90,7 +93,7 @@ def schedule(
         check_output_path(csv_out, "--csv")
     action_times = parse_times(times) if times is not None else None
     plan = make_schedule(name, pp, microbatches, chunks, from_csv)
-    run = validate_schedule(plan, action_times)
+    run = validate_schedule(plan, action_times, p2p=p2p)
     if csv_out is not None:
         write_actions_csv(csv_out, plan)
     if as_json:

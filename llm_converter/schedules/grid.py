@@ -3,6 +3,8 @@ then one row per time step (`Step 03: 0F3 1F2 ...`), an empty cell where the ran
 
 from __future__ import annotations
 
+from llm_converter.errors import PipesimError
+from llm_converter.schedules import build_schedule
 from llm_converter.schedules.actions import PipelineSchedule
 from llm_converter.schedules.dry_run import DryRun, peak_inflight
 
@@ -27,6 +29,13 @@ def closed_form_bubble(schedule: PipelineSchedule) -> tuple[str, float] | None:
     """The textbook bubble fraction for uniform unit times and free transfers, where one is known:
     (p-1)/(m+p-1) for gpipe and 1f1b, (p-1)/(v*m+p-1) for interleaved-1f1b."""
     p, m, v = schedule.pp, schedule.microbatches, schedule.chunks
+    if schedule.name not in ("gpipe", "1f1b", "interleaved-1f1b"):
+        return None
+    try:
+        if build_schedule(schedule.name, p, m, v).actions != schedule.actions:  # a custom CSV of that name
+            return None
+    except PipesimError:
+        return None
     if schedule.name in ("gpipe", "1f1b"):
         return "(p-1)/(m+p-1)", (p - 1) / (m + p - 1)
     if schedule.name == "interleaved-1f1b":
@@ -71,6 +80,6 @@ def format_report(run: DryRun) -> str:
     ]
     closed = closed_form_bubble(schedule)
     if closed is not None:
-        lines.append(f"closed form {closed[0]} = {closed[1]:.2%}")
+        lines.append(f"closed form for uniform times and free transfers {closed[0]} = {closed[1]:.2%}")
     lines.append("peak in-flight microbatches per stage: " + " ".join(str(n) for n in peak_inflight(schedule)))
     return "\n".join(lines) + "\n"
