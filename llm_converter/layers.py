@@ -27,6 +27,8 @@ COMM_KINDS = ("none", "all_reduce")
 CSV_COLUMNS = ("name", "block", "stage", "tokens", "ns", "flops", "bytes", "params", "comm", "comm_bytes")
 REQUIRED_CSV_COLUMNS = ("name", "block", "tokens", "ns")
 _HEADER_COMMENT = re.compile(r"#\s*pipesim layer list:\s*hidden_size=(\d+)\s+dtype_bytes=(\d+)\s*$")
+# The plan the rows were made for (per-NPU values depend on tp, the stage column on pp); absent in older tables.
+_PLAN_COMMENT = re.compile(r"#\s*pipesim plan:\s*tp=(\d+)\s+pp=(\d+)\s*$")
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 # The largest value a Chakra node can carry (num_ops, comm_size are int64): a row over it cannot be written.
 MAX_VALUE = (1 << 63) - 1
@@ -57,6 +59,7 @@ class LayerList:
     rows: list[LayerRow]
     hidden_size: int
     dtype_bytes: int
+    tp: int | None = None  # the TP degree the rows' per-NPU values were made for, when known
     num_stages: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +96,8 @@ class LayerList:
     def to_csv_text(self) -> str:
         out = io.StringIO()
         out.write(f"# pipesim layer list: hidden_size={self.hidden_size} dtype_bytes={self.dtype_bytes}\n")
+        if self.tp is not None:
+            out.write(f"# pipesim plan: tp={self.tp} pp={self.num_stages}\n")
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for row in self.rows:
@@ -225,8 +230,10 @@ def read_layer_csv(
     hidden_size: int | None = None,
     dtype_bytes: int | None = None,
     pp: int | None = None,
+    tp: int | None = None,
 ) -> LayerList:
     """Read a layer table (docs/layer_csv.md). hidden_size/dtype_bytes override the `# pipesim` comment line.
+    A `# pipesim plan: tp=T pp=P` line (what `trace` writes) must agree with `tp` and `pp` when they are given.
 
     Without a stage column, rows are cut into `pp` stages by a balanced split of their own block times (block
     -1 rows before the blocks go to stage 0, after them to the last stage). Errors name the line and column.
@@ -241,7 +248,12 @@ def read_layer_csv(
     lines = text.splitlines()
     # Line numbers are 1-based and count the comment lines, so they match what an editor shows.
     first_data = 0
+    recorded_tp: int | None = None
     while first_data < len(lines) and (lines[first_data].startswith("#") or not lines[first_data].strip()):
+        plan_match = _PLAN_COMMENT.match(lines[first_data].strip())
+        if plan_match:
+            recorded_tp = int(plan_match.group(1))
+            _check_recorded_plan(path, first_data + 1, recorded_tp, int(plan_match.group(2)), tp, pp)
         match = _HEADER_COMMENT.match(lines[first_data].strip())
         if match:
             hidden_size = hidden_size if hidden_size is not None else int(match.group(1))
@@ -285,7 +297,7 @@ def read_layer_csv(
     _fill_stages(path, parsed, pp)
     rows = [LayerRow(**cells) for cells in parsed]  # type: ignore[arg-type]
     try:
-        layers = LayerList(rows=rows, hidden_size=hidden_size, dtype_bytes=dtype_bytes)
+        layers = LayerList(rows=rows, hidden_size=hidden_size, dtype_bytes=dtype_bytes, tp=recorded_tp or tp)
     except PipesimError as exc:
         raise PipesimError(f"{path}: {exc}") from None
     if pp is not None and layers.num_stages != pp:
@@ -348,6 +360,16 @@ def _whole(text: str) -> int:
     if abs(value) > MAX_VALUE:  # refused by the caller; don't build a huge int for 1e999999
         return (MAX_VALUE + 1) * (-1 if value < 0 else 1)
     return int(value)
+
+
+def _check_recorded_plan(path: Path, line: int, tp: int, pp: int, want_tp: int | None, want_pp: int | None) -> None:
+    for flag, recorded, wanted in (("--tp", tp, want_tp), ("--pp", pp, want_pp)):
+        if wanted is not None and wanted != recorded:
+            raise PipesimError(
+                f"{path}: line {line}: the table was made for tp {tp} x pp {pp} (its per-NPU times, sizes and stages "
+                f"depend on them) but {flag} is {wanted}; pass --tp {tp} --pp {pp}, or make the table for the plan "
+                "you want (pipesim trace ... --tp/--pp)"
+            )
 
 
 def _fill_stages(path: Path, parsed: list[dict[str, object]], pp: int | None) -> None:
