@@ -323,3 +323,35 @@ def test_structure_errors() -> None:
     both = PipelineSchedule("c", 1, 1, 1, (0,), ((a("0F0"), a("0B0"), a("0I0"), a("0W0")),))
     with pytest.raises(PipesimError, match="use B or I \\+ W"):
         validate_schedule(both)
+
+
+def test_peak_inflight_per_rank_v_and_interleaved() -> None:
+    # ZB-V: 2p half-size chunk activations per rank = 1F1B's p full-stage ones (the paper's memory claim).
+    assert peak_inflight_per_rank(build_schedule("zb-v", 4, 8)) == (8, 8, 8, 8)
+    # interleaved: Megatron's warm-up 2(p-1-r) + (v-1)p forwards, plus the first steady-state one.
+    assert peak_inflight_per_rank(build_schedule("interleaved-1f1b", 4, 8, 2)) == (11, 9, 7, 5)
+
+
+def test_shuffled_orders_validate_or_deadlock_cleanly() -> None:
+    # Any order of a complete schedule either runs or raises DeadlockError naming a stuck action per rank.
+    import random
+
+    rng = random.Random(7)
+    outcomes = {"ran": 0, "deadlock": 0}
+    for name in ("1f1b", "zb-h1", "zb-v", "interleaved-1f1b"):
+        base = build_schedule(name, 3, 3 if name != "interleaved-1f1b" else 6)
+        for _ in range(40):
+            ranks = [list(r) for r in base.actions]
+            for r in ranks:
+                i, j = rng.randrange(len(r)), rng.randrange(len(r))
+                r[i], r[j] = r[j], r[i]
+            shuffled = PipelineSchedule(
+                name, base.pp, base.num_stages, base.microbatches, base.stage_to_rank, tuple(map(tuple, ranks))
+            )
+            try:
+                validate_schedule(shuffled)
+                outcomes["ran"] += 1
+            except DeadlockError as exc:
+                assert exc.stuck and all(f"rank {r} stuck at" in str(exc) for r in exc.stuck)
+                outcomes["deadlock"] += 1
+    assert outcomes["ran"] > 0 and outcomes["deadlock"] > 0
