@@ -206,3 +206,13 @@ def write_astra_files(out_dir: Path | str, config: AstraConfig) -> dict[str, Pat
         write_atomic(path, text.encode())
         paths[keys[name]] = path
     return paths
+
+
+def write_comm_groups(out_dir: Path | str, comm_groups: dict[str, list[int]]) -> Path:
+    """Write comm_groups.json alone into `out_dir` (`convert` without a cluster config: the traces' pg_names need
+    it, the network does not exist yet)."""
+    text = _ENV.get_template("comm_groups.json.j2").render(comm_groups=comm_groups)
+    json.loads(text)
+    path = Path(out_dir) / COMM_GROUPS_FILE
+    write_atomic(path, text.encode())
+    return path

@@ -16,11 +16,11 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from astra_driver.astra_config import NetworkConfig
-from astra_driver.astra_files import astra_config_for_instance, write_astra_files
+from astra_driver.astra_files import astra_config_for_instance, write_astra_files, write_comm_groups
 from astra_driver.cluster_config import ClusterConfig, PlacedInstance, cluster_config_from_dict, load_cluster_config
 from astra_driver.cluster_network import (
     DEFAULT_GPUS_PER_NODE,
@@ -357,6 +357,7 @@ def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, L
     )
     try:
         layers = build_layer_list(model, request.iteration, plan, latency, request.dtype, ops=ops)
+        layers = replace(layers, tp=plan.tp)  # layers.csv records the plan it was made for (docs/layer_csv.md)
     except PipesimError as exc:
         if not str(exc).startswith("layer list:"):
             raise
@@ -473,6 +474,11 @@ class ConvertResult:
             lines.append(f"  stage {stage}: blocks {start}-{end - 1}, compute {stage_ns[stage] / 1e6:.3f} ms")
         if self.config_files:
             lines.append("  configs: " + ", ".join(str(path) for path in self.config_files.values()))
+        if "network" not in self.config_files:
+            lines.append(
+                "  note: no network.yml/system.json/memory.json written (pass --cluster-config to get them); "
+                "replay needs them"
+            )
         return "\n".join(lines)
 
 
@@ -491,7 +497,8 @@ def run_convert(
     if tp < 1 or pp < 1:
         raise PipesimError(f"convert: --tp {tp} --pp {pp}; both must be >= 1")
     check_output_path(et_path(prefix, 0), "-o/--output")
-    layers = read_layer_csv(csv_path, hidden_size=hidden, dtype_bytes=dtype_bytes(dtype) if dtype else None, pp=pp)
+    element_bytes = _check_dtype(dtype) if dtype else None
+    layers = read_layer_csv(csv_path, hidden_size=hidden, dtype_bytes=element_bytes, pp=pp, tp=tp)
     plan = plan_of_layers(layers, tp=tp)
     workload = build_serving_workload(layers, plan, iteration_id=iteration_id)
     astra = None
@@ -510,7 +517,13 @@ def run_convert(
     # Remove ranks left over from an earlier, larger conversion to the same prefix: readers count files.
     for rank in range(plan.npus, count_ranks(prefix)):
         et_path(prefix, rank).unlink()
-    config_files = write_astra_files(prefix.parent, astra) if astra is not None else {}
+    if astra is not None:
+        config_files = write_astra_files(prefix.parent, astra)
+    elif plan.comm_groups():
+        # The TP collectives name their group by pg_name: replay and ASTRA-Sim need the groups file beside them.
+        config_files = {"comm_groups": write_comm_groups(prefix.parent, plan.comm_groups())}
+    else:
+        config_files = {}
     return ConvertResult(
         prefix=prefix,
         plan=plan,

@@ -113,9 +113,12 @@ def test_tp2_pp2_writes_comm_groups(tmp_path: Path) -> None:
     workload = read_workload(folder / "llm")
     workload.comm_groups = {"1": [0, 1], "2": [2, 3]}
     assert validate_workload(workload).ok
-    reduces = [n for n in workload.graphs[3].nodes if n.type == 7]
+    reduces = [n for n in workload.graphs[3].nodes if n.type == 7 and n.comm_type == 0]  # ALL_REDUCE
     assert len(reduces) == 2 * (result.plan.stage_blocks[1][1] - result.plan.stage_blocks[1][0])
     assert {(n.pg_name, n.comm_size) for n in reduces} == {("2", 544 * 4096 * 2)}
+    # lm_head's logits shards (33 sequences x 128256 / 2 vocab rows, fp16) are all-gathered on the last stage.
+    gathers = [(n.name, n.pg_name, n.comm_size) for n in workload.graphs[3].nodes if n.type == 7 and n.comm_type == 2]
+    assert gathers == [("COMM_COLL_NODE_lm_head_ag", "2", 33 * 64128 * 2)]
 
 
 def test_model_flags_and_cli_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -286,6 +289,43 @@ def test_convert_a_researcher_table(tmp_path: Path) -> None:
     assert {n.comm_size for g in workload.graphs for n in g.nodes if n.type == 7} == {128 * 1024 * 2}
     with pytest.raises(PipesimError, match="pass --hidden and --dtype"):
         run_convert(table, tp=1, pp=1, prefix=tmp_path / "o2" / "llm")
+
+
+def test_convert_writes_the_groups_file_its_collectives_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 6 item 2: without --cluster-config, tp 4 x pp 2 still gets comm_groups.json beside the traces (the
+    all-reduces' pg_name "1" and "2"), so replay finds every group; tp 1 needs none and gets none."""
+    run_trace(
+        TraceRequest(name="t", iteration=BATCH, out_dir=tmp_path, model="Llama-3.1-8B", hardware="H100-SXM", tp=4, pp=2)
+    )
+    table = tmp_path / "t" / "layers.csv"
+    assert main(["convert", str(table), "--tp", "4", "--pp", "2", "-o", str(tmp_path / "x" / "llm")]) == 0
+    out = capsys.readouterr().out
+    assert "comm_groups.json" in out and "no network.yml/system.json/memory.json written" in out
+    groups = json.loads((tmp_path / "x" / "comm_groups.json").read_text())
+    assert groups == {"1": [0, 1, 2, 3], "2": [4, 5, 6, 7]}
+    graphs = read_workload(tmp_path / "x" / "llm").graphs
+    assert {node.pg_name for graph in graphs for node in graph.nodes if node.pg_name} == {"1", "2"}
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["comm_groups.json"] + [
+        f"llm.{r}.et" for r in range(8)
+    ]
+
+
+def test_convert_refuses_a_table_made_for_another_plan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 6 item 6: trace records the plan in layers.csv ('# pipesim plan: tp=2 pp=2'); convert refuses another
+    --tp or --pp, and still reads tables without that line."""
+    run_trace(TraceRequest(name="t", iteration=BATCH, out_dir=tmp_path, cluster_config=TP2_PP2_CLUSTER))
+    table = tmp_path / "t" / "layers.csv"
+    lines = table.read_text().splitlines()
+    assert lines[:2] == ["# pipesim layer list: hidden_size=4096 dtype_bytes=2", "# pipesim plan: tp=2 pp=2"]
+    for flags in (["--tp", "4", "--pp", "2"], ["--tp", "2", "--pp", "1"]):
+        assert main(["convert", str(table), *flags, "-o", str(tmp_path / "x" / "llm")]) == 2
+        err = capsys.readouterr().err
+        assert f"{table}: line 2: the table was made for tp 2 x pp 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(line for line in lines if not line.startswith("# pipesim plan")) + "\n")
+    result = run_convert(old, tp=2, pp=2, prefix=tmp_path / "o" / "llm")
+    assert result.plan.tp == 2 and result.layers.tp == 2
 
 
 @pytest.mark.skipif(not (PROFILES / "RTXPRO6000").is_dir(), reason="../shared profiles absent")
