@@ -240,12 +240,24 @@ class StageSteps:
         return {"F": self.forward, "B": self.backward, "I": self.input_grad, "W": self.weight_grad}[letter]
 
 
-def _merge(steps: list[Step]) -> tuple[Step, ...]:
-    """Consecutive Compute steps become one (ns, FLOPs, bytes summed; the lowest grads_from kept)."""
+def _group(name: str) -> str:
+    """`b12` for a block's steps (`b12.qkv_proj.W`, `recompute.b12.attention`), the layer name otherwise."""
+    head = name.removeprefix("recompute.").split(".")[0]
+    return head
+
+
+def _merge(steps: list[Step], per_block: bool = False) -> tuple[Step, ...]:
+    """Consecutive Compute steps become one (ns, FLOPs, bytes summed; the lowest grads_from kept). With
+    `per_block`, only within one block (or one pre/post layer): a backward keeps a node boundary wherever a DP
+    gradient bucket may start its reduction."""
     merged: list[Step] = []
     for step in steps:
         last = merged[-1] if merged else None
-        if isinstance(step, Compute) and isinstance(last, Compute):
+        if (
+            isinstance(step, Compute)
+            and isinstance(last, Compute)
+            and (not per_block or _group(last.name.split("..")[-1]) == _group(step.name))
+        ):
             first_name = last.name.split("..")[0]
             grads = [g for g in (last.grads_from, step.grads_from) if g >= 0]
             merged[-1] = Compute(
@@ -329,7 +341,7 @@ def build_stage_steps(
         backward += recomputed + before + ig + after + wg
         input_grad += recomputed + before + ig + after
         weight_grad += wg
-    return StageSteps(_merge(forward), _merge(backward), _merge(input_grad), _merge(weight_grad))
+    return StageSteps(_merge(forward), _merge(backward, True), _merge(input_grad), _merge(weight_grad, True))
 
 
 def _comm_suffix(tp_comm: TpComm | None) -> str:

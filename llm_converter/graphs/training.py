@@ -307,6 +307,7 @@ def build_rank_graph(spec: TrainingGraphSpec, rank: int) -> Graph:
             buckets = pending_buckets.setdefault(stage, list(spec.buckets[stage]))
         prefix = f"{action}."
         added = False
+        ready_buckets: list[tuple[GradBucket, int]] = []  # (bucket, step node it waits for)
         for step, duration in zip(steps, micros, strict=True):
             node_id = len(nodes)
             if isinstance(step, Compute):
@@ -332,7 +333,7 @@ def build_rank_graph(spec: TrainingGraphSpec, rank: int) -> Graph:
             deps = [node_id]
             if buckets and isinstance(step, Compute) and step.grads_from >= 0:
                 while buckets and buckets[0].first >= step.grads_from:
-                    add_dp_collective(stage, buckets.pop(0), [node_id])
+                    ready_buckets.append((buckets.pop(0), node_id))
         if not added:
             raise PipesimError(f"training graph: stage {stage} has no work for {action}; every action needs a step")
         tail = deps[0]
@@ -357,6 +358,10 @@ def build_rank_graph(spec: TrainingGraphSpec, rank: int) -> Graph:
                         comm_size=spec.boundary_bytes[boundary],
                     )
                 )
+        # After the send in id order: the engine issues ready comm nodes lowest id first, and the pipeline's
+        # gradient must not queue behind a bucket that became ready at the same tick.
+        for bucket, step_id in ready_buckets:
+            add_dp_collective(stage, bucket, [step_id])
 
     if dp_pg is not None:
         # Buckets not reduced during the backward (no overlap, or left over): after the rank's last action.

@@ -1,0 +1,70 @@
+"""`pipesim train` end to end: JSON keys and values, the seed's GPT-2 stage params, traces on disk, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from astra_driver.astra_config import load_comm_groups
+from astra_driver.cli import main
+from llm_converter.chakra.reader import read_workload
+from llm_converter.chakra.validator import validate_workload
+
+GPT2 = ["--model", "gpt2", "--hardware", "A100-80G"]
+
+
+def test_json_reports_the_step_and_the_seed_stage_params(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", *GPT2, "--pp", "4", "--schedule", "1f1b", "--microbatches", "8", "--microbatch-size", "2"]
+    assert main([*args, "--seq-len", "256", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("step_time_ns", "bubble_fraction", "tokens_per_s", "tflops_per_gpu", "mfu", "per_stage"):
+        assert key in out
+    # Seed 002: "Pipeline stage 0 60M params", stages 1-3 21M (GPT-2 124M, 3 blocks each, embeddings on stage 0).
+    params = [stage["params"] for stage in out["per_stage"]]
+    assert params == [60_647_424, 21_263_616, 21_263_616, 21_265_152]
+    assert [stage["peak_inflight_microbatches"] for stage in out["per_stage"]] == [4, 3, 2, 1]
+    assert out["tokens_per_s"] == pytest.approx(8 * 2 * 256 / (out["step_time_ns"] / 1e9))
+    memory = out["per_stage"][1]["memory"]
+    assert (
+        memory["weight_bytes"] == 2 * memory["params_per_npu"]
+        and memory["optimizer_bytes"] == 12 * memory["params_per_npu"]
+    )
+    assert 0 < out["mfu"] < 1 and out["mfu"] == pytest.approx(out["tflops_per_gpu"] / 312)
+
+
+def test_fixed_times_print_the_closed_form_bubble(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", *GPT2, "--pp", "4", "--schedule", "gpipe", "--microbatches", "4", "--stage-time-us", "100,200"]
+    assert main([*args, "--p2p-time-us", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "step time      2.100 ms" in out and "bubble         42.86%" in out
+
+
+def test_out_dir_writes_valid_traces_and_astra_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "run"
+    args = ["train", *GPT2, "--tp", "2", "--pp", "2", "--schedule", "zb-h1", "--microbatches", "4", "--seq-len", "128"]
+    assert main([*args, "--out-dir", str(out_dir)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out_dir.glob("train.*.et")) == [f"train.{r}.et" for r in range(4)]
+    assert {"network.yml", "system.json", "memory.json", "comm_groups.json"} <= {p.name for p in out_dir.iterdir()}
+    workload = read_workload(out_dir / "train", npus=4)
+    workload.comm_groups = load_comm_groups(out_dir / "comm_groups.json", npus=4)
+    assert validate_workload(workload, progress=False).ok
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pp", "13", "--microbatches", "16"], "--pp 13: 13 pipeline stages but the model has 12 decoder layers"),
+        (["--pp", "4", "--schedule", "interleaved-1f1b", "--chunks", "2", "--microbatches", "8"], "--chunks 2"),
+        (["--pp", "2", "--microbatches", "0"], "--microbatches: 0"),
+        (["--pp", "2", "--microbatches", "4", "--schedule", "nope"], "unknown schedule"),
+        (["--pp", "4", "--microbatches", "2"], "--microbatches"),
+        (["--pp", "2", "--microbatches", "2", "--stage-time-us", "1,x"], "--stage-time-us"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], flags: list[str], message: str) -> None:
+    assert main(["train", *GPT2, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err

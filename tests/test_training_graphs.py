@@ -1,0 +1,126 @@
+"""Training steps on the builtin engine: bubble closed forms (exact ns), peak in-flight, links, validity, and the
+representative mode against the full simulation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from astra_driver.training import TrainingConfig, build_training, run_training
+from llm_converter.chakra.validator import validate_workload
+from llm_converter.errors import PipesimError
+from llm_converter.graphs.tags import TAG_MODULUS, training_tag
+from llm_converter.graphs.training import build_training_workload
+
+F_US, B_US = 100, 200
+
+
+def _fixed(schedule: str, pp: int, m: int, chunks: int | None = None, times=(F_US, B_US), p2p: float = 0, **kw):
+    # Llama-3.1-8B's 32 layers split into 4 x 1, 4 x 2 and 4 x 4 stages; the layer times are replaced anyway.
+    config = TrainingConfig(
+        model="Llama-3.1-8B",
+        hardware="H100-SXM",
+        pp=pp,
+        schedule=schedule,
+        microbatches=m,
+        chunks=chunks,
+        stage_time_us=times,
+        p2p_time_us=p2p,
+        **kw,
+    )
+    return run_training(config)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("m", [4, 8])
+def test_bubble_is_p_minus_1_over_m_plus_p_minus_1(schedule: str, m: int) -> None:
+    p = 4
+    result = _fixed(schedule, p, m)
+    assert result.step_time_ns == (m + p - 1) * (F_US + B_US) * 1000
+    assert result.bubble_fraction == pytest.approx((p - 1) / (m + p - 1), abs=1e-12)
+    assert 1 - sum(s.busy_ns for s in result.per_stage) / (p * result.step_time_ns) == result.bubble_fraction
+
+
+@pytest.mark.parametrize("v", [2, 4])
+def test_interleaved_bubble_is_p_minus_1_over_vm_plus_p_minus_1(v: int) -> None:
+    p, m = 4, 8
+    result = _fixed("interleaved-1f1b", p, m, chunks=v)
+    assert result.step_time_ns == (v * m + p - 1) * (F_US + B_US) * 1000
+    assert result.bubble_fraction == pytest.approx((p - 1) / (v * m + p - 1), abs=1e-12)
+
+
+def test_zb_h1_bubble_time_is_a_third_of_1f1b_when_f_b_w_are_equal() -> None:
+    p, m = 4, 8
+    one_f_one_b = _fixed("1f1b", p, m, times=(100, 100, 100))
+    zb_h1 = _fixed("zb-h1", p, m, times=(100, 100, 100))
+    bubble = [r.step_time_ns - r.per_stage[0].busy_ns for r in (one_f_one_b, zb_h1)]
+    assert bubble == [3 * (p - 1) * 100_000, (p - 1) * 100_000]
+
+
+def test_peak_inflight_is_m_for_gpipe_and_p_minus_stage_for_1f1b() -> None:
+    p, m = 4, 8
+    assert [s.peak_inflight_microbatches for s in _fixed("gpipe", p, m).per_stage] == [(m,)] * p
+    assert [s.peak_inflight_microbatches for s in _fixed("1f1b", p, m).per_stage] == [(p - s,) for s in range(p)]
+
+
+def test_a_slower_inter_stage_link_lengthens_the_step_by_the_critical_path() -> None:
+    p, m, c = 4, 4, 10
+    free = _fixed("gpipe", p, m)
+    slow = _fixed("gpipe", p, m, p2p=c)
+    # GPipe: the last microbatch's forward and the first backward each cross p - 1 links.
+    assert slow.step_time_ns - free.step_time_ns == 2 * (p - 1) * c * 1000
+    base = TrainingConfig(
+        model="gpt2", hardware="A100-80G", pp=2, schedule="1f1b", microbatches=4, seq_len=256, gpus_per_node=1
+    )
+    fast_link = run_training(replace(base, inter_node_bw_gbps=50.0))
+    slow_link = run_training(replace(base, inter_node_bw_gbps=0.5))
+    assert slow_link.step_time_ns > fast_link.step_time_ns
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(schedule="1f1b", tp=2, dp=2, sequence_parallel=True, distributed_optimizer=True, recompute="selective"),
+        dict(schedule="zb-v", tp=2, dp=2, recompute="full"),
+        dict(schedule="interleaved-1f1b", chunks=3, dp=2, overlap_grad_reduce=False),
+    ],
+)
+def test_graphs_pass_the_chakra_validator_and_the_representative_step_matches(kw: dict) -> None:
+    config = TrainingConfig(
+        model="gpt2", hardware="A100-80G", pp=2, microbatches=4, micro_batch_size=1, seq_len=256, **kw
+    )
+    build = build_training(config)
+    workload = build_training_workload(build.spec)
+    report = validate_workload(workload, progress=False)
+    assert report.ok, report.problems[:3]
+    full = run_training(config)
+    representative = run_training(replace(config, representative=True))
+    assert representative.step_time_ns == full.step_time_ns
+    assert representative.bubble_fraction == pytest.approx(full.bubble_fraction, abs=1e-12)
+    assert representative.simulated_npus == config.pp and full.simulated_npus == workload.npus
+
+
+def test_dp_buckets_overlap_the_backward() -> None:
+    base = TrainingConfig(model="gpt2", hardware="A100-80G", pp=2, dp=2, microbatches=4, seq_len=256)
+    overlapped = run_training(base)
+    after = run_training(replace(base, overlap_grad_reduce=False))
+    assert overlapped.step_time_ns < after.step_time_ns
+
+
+def test_training_tags_are_distinct_and_below_the_modulus() -> None:
+    tags = {training_tag(mb, boundary, grad) for mb in range(64) for boundary in range(32) for grad in (False, True)}
+    assert len(tags) == 64 * 32 * 2 and max(tags) < TAG_MODULUS
+
+
+def test_bad_input_is_one_line() -> None:
+    with pytest.raises(PipesimError, match="--microbatches: 0"):
+        _fixed("1f1b", 2, 0)
+    with pytest.raises(PipesimError, match="12 decoder layers"):
+        run_training(TrainingConfig(model="gpt2", hardware="A100-80G", pp=13, microbatches=16))
+    with pytest.raises(PipesimError, match="--chunks 2"):
+        run_training(
+            TrainingConfig(
+                model="gpt2", hardware="A100-80G", pp=4, microbatches=8, schedule="interleaved-1f1b", chunks=2
+            )
+        )
