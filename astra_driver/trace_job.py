@@ -484,8 +484,8 @@ class ConvertResult:
 
 def run_convert(
     csv_path: Path | str,
-    tp: int,
-    pp: int,
+    tp: int | None,
+    pp: int | None,
     prefix: Path | str,
     dtype: str | None = None,
     hidden: int | None = None,
@@ -493,12 +493,16 @@ def run_convert(
     instance: int = 0,
     iteration_id: int = 0,
 ) -> ConvertResult:
-    """A layer CSV -> `<prefix>.<npu>.et`; with a cluster config, its instance's ASTRA-Sim files beside them."""
-    if tp < 1 or pp < 1:
-        raise PipesimError(f"convert: --tp {tp} --pp {pp}; both must be >= 1")
+    """A layer CSV -> `<prefix>.<npu>.et`; with a cluster config, its instance's ASTRA-Sim files beside them.
+    tp/pp None: the plan the table records (`# pipesim plan:`), else tp 1 and the table's own stages (or 1)."""
+    for flag, value in (("--tp", tp), ("--pp", pp)):
+        if value is not None and value < 1:
+            raise PipesimError(f"convert: {flag} {value}: must be >= 1")
     check_output_path(et_path(prefix, 0), "-o/--output")
     element_bytes = _check_dtype(dtype) if dtype else None
     layers = read_layer_csv(csv_path, hidden_size=hidden, dtype_bytes=element_bytes, pp=pp, tp=tp)
+    tp = tp if tp is not None else layers.tp or 1
+    pp = layers.num_stages
     plan = plan_of_layers(layers, tp=tp)
     workload = build_serving_workload(layers, plan, iteration_id=iteration_id)
     astra = None

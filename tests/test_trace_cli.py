@@ -326,6 +326,9 @@ def test_convert_refuses_a_table_made_for_another_plan(tmp_path: Path, capsys: p
     old.write_text("\n".join(line for line in lines if not line.startswith("# pipesim plan")) + "\n")
     result = run_convert(old, tp=2, pp=2, prefix=tmp_path / "o" / "llm")
     assert result.plan.tp == 2 and result.layers.tp == 2
+    # Without --tp/--pp, convert takes the plan the table records.
+    recorded = run_convert(table, tp=None, pp=None, prefix=tmp_path / "r" / "llm")
+    assert (recorded.plan.tp, recorded.plan.pp) == (2, 2) and len(recorded.et_files) == 4
 
 
 @pytest.mark.skipif(not (PROFILES / "RTXPRO6000").is_dir(), reason="../shared profiles absent")

@@ -285,33 +285,40 @@ def _csv(good: Path, tmp_path: Path, name: str, edit) -> Path:
     return path
 
 
+def _header_line(lines: list[str]) -> int:
+    """Index of the column header: the first line after the '#' comments (layer list shape, plan)."""
+    return next(i for i, line in enumerate(lines) if not line.startswith("#"))
+
+
 def _drop_column(text: str, column: str) -> str:
     lines = text.splitlines()
-    index = lines[1].split(",").index(column)
-    kept = [",".join(f for i, f in enumerate(line.split(",")) if i != index) for line in lines[1:]]
-    return "\n".join([lines[0], *kept]) + "\n"
+    head = _header_line(lines)
+    index = lines[head].split(",").index(column)
+    kept = [",".join(f for i, f in enumerate(line.split(",")) if i != index) for line in lines[head:]]
+    return "\n".join([*lines[:head], *kept]) + "\n"
 
 
 def _set_first_ns(text: str, value: str) -> str:
-    """`text` (layers.csv) with the ns cell of its first row (line 3) set to `value`; the cell is found from
+    """`text` (layers.csv) with the ns cell of its first row (line 4) set to `value`; the cell is found from
     the header, not from a hard-coded latency (the roofline's numbers change when it is recalibrated)."""
     lines = text.splitlines()
-    index = lines[1].split(",").index("ns")
-    cells = lines[2].split(",")
+    head = _header_line(lines)
+    index = lines[head].split(",").index("ns")
+    cells = lines[head + 1].split(",")
     cells[index] = value
-    return "\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n"
+    return "\n".join([*lines[: head + 1], ",".join(cells), *lines[head + 2 :]]) + "\n"
 
 
 CONVERT_CASES = {
     "missing CSV": (lambda g, t: t / "nope.csv", ["nope.csv", "no such file"]),
     "bad number": (
         lambda g, t: _csv(g, t, "num.csv", lambda s: _set_first_ns(s, "2x82")),
-        ["num.csv", "line 3", "'ns'"],
+        ["num.csv", "line 4", "'ns'"],
     ),
     "missing column": (lambda g, t: _csv(g, t, "col.csv", lambda s: _drop_column(s, "ns")), ["col.csv", "'ns'"]),
     "number over int64": (
         lambda g, t: _csv(g, t, "big.csv", lambda s: _set_first_ns(s, "99999999999999999999999")),
-        ["big.csv", "line 3", "<= 9223372036854775807"],
+        ["big.csv", "line 4", "<= 9223372036854775807"],
     ),
     "empty CSV": (lambda g, t: _text(t / "empty.csv", ""), ["empty.csv", "no header"]),
     "undecodable CSV": (lambda g, t: _bytes(t / "bin.csv", b"\xff\xfe\x00\x80" * 50), ["bin.csv"]),

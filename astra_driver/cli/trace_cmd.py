@@ -79,8 +79,12 @@ def trace(
 @app.command()
 def convert(
     layers_csv: Annotated[Path, typer.Argument(help="Layer table (docs/layer_csv.md).")],
-    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
-    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages.")] = 1,
+    tp: Annotated[
+        int | None, typer.Option("--tp", help="Tensor-parallel size (default: the table's '# pipesim plan', or 1).")
+    ] = None,
+    pp: Annotated[
+        int | None, typer.Option("--pp", help="Pipeline stages (default: the table's plan or stage column, or 1).")
+    ] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Workload prefix: writes <prefix>.<npu>.et.")] = Path(
         "traces/converted/llm"
     ),
