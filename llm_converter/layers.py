@@ -23,7 +23,9 @@ from llm_converter.models import ModelSpec
 from llm_converter.models import dtype_bytes as dtype_size
 from llm_converter.plan import ParallelPlan, split_stages
 
-COMM_KINDS = ("none", "all_reduce")
+# all_reduce: the layer's output is all-reduced across its stage's TP group (o_proj, down_proj, the embedding);
+# all_gather: each rank's comm_bytes are all-gathered across it (lm_head's logits shards).
+COMM_KINDS = ("none", "all_reduce", "all_gather")
 CSV_COLUMNS = ("name", "block", "stage", "tokens", "ns", "flops", "bytes", "params", "comm", "comm_bytes")
 REQUIRED_CSV_COLUMNS = ("name", "block", "tokens", "ns")
 _HEADER_COMMENT = re.compile(r"#\s*pipesim layer list:\s*hidden_size=(\d+)\s+dtype_bytes=(\d+)\s*$")
@@ -121,7 +123,9 @@ def check_rows(rows: list[LayerRow]) -> int:
             )
         stage = row.stage
         if row.comm not in COMM_KINDS:
-            raise PipesimError(f"layer list: row {index} ({row.name}) has comm {row.comm!r}; use none or all_reduce")
+            raise PipesimError(
+                f"layer list: row {index} ({row.name}) has comm {row.comm!r}; use none, all_reduce or all_gather"
+            )
         if min(row.tokens, row.ns, row.flops, row.bytes, row.params, row.comm_bytes) < 0:
             raise PipesimError(f"layer list: row {index} ({row.name}) has a negative value; all numbers must be >= 0")
         for column in _NUMBER_COLUMNS:
@@ -130,9 +134,9 @@ def check_rows(rows: list[LayerRow]) -> int:
                     f"layer list: row {index} ({row.name}) has {column} {getattr(row, column)}, over the largest "
                     f"value a Chakra trace holds ({MAX_VALUE}); make the batch or the layer smaller"
                 )
-        if row.comm == "all_reduce" and row.comm_bytes <= 0:
+        if row.comm != "none" and row.comm_bytes <= 0:
             raise PipesimError(
-                f"layer list: row {index} ({row.name}) all-reduces 0 bytes; set comm_bytes > 0 or comm none"
+                f"layer list: row {index} ({row.name}) has {row.comm} of 0 bytes; set comm_bytes > 0 or comm none"
             )
     return stage + 1
 
@@ -177,6 +181,18 @@ def balanced_plan(ops: TimedOps, num_blocks: int, tp: int, pp: int, dp: int = 1)
     return ParallelPlan(tp=tp, pp=pp, dp=dp, stage_blocks=bounds)
 
 
+def tp_comm(op: LayerOp, tp: int, hidden: int, element_bytes: int) -> tuple[str, int]:
+    """(comm kind, bytes per rank) of the TP collective after `op`: ("none", 0) when tp is 1 or it has none."""
+    if tp <= 1:
+        return "none", 0
+    if op.tp_gather_bytes:
+        return "all_gather", op.tp_gather_bytes
+    if op.tp_all_reduce:
+        # The all-reduce carries the layer's whole output: tokens x hidden x dtype bytes on every rank.
+        return "all_reduce", op.tp_comm_bytes or op.tokens * hidden * element_bytes
+    return "none", 0
+
+
 def build_layer_list(
     model: ModelSpec,
     iteration: Iteration,
@@ -197,9 +213,7 @@ def build_layer_list(
     hidden = model.hidden_size
 
     def make_row(op: LayerOp, ns: int, block: int, stage: int) -> LayerRow:
-        reduces = op.tp_all_reduce and plan.tp > 1
-        # The all-reduce carries the layer's whole output: tokens x hidden x dtype bytes on every rank.
-        comm_bytes = op.tp_comm_bytes or op.tokens * hidden * element_bytes
+        comm, comm_bytes = tp_comm(op, plan.tp, hidden, element_bytes)
         return LayerRow(
             name=op.name,
             block=block,
@@ -209,8 +223,8 @@ def build_layer_list(
             flops=op.flops,
             bytes=op.bytes,
             params=op.params,
-            comm="all_reduce" if reduces else "none",
-            comm_bytes=comm_bytes if reduces else 0,
+            comm=comm,
+            comm_bytes=comm_bytes,
         )
 
     last_stage = plan.pp - 1
@@ -329,7 +343,7 @@ def _parse_row(path: Path, line: int, cells: dict[str, str], hidden: int, dtype_
         )
     comm = cells.get("comm", "") or "none"
     if comm not in COMM_KINDS:
-        raise PipesimError(f"{path}: line {line}: column 'comm' is {comm!r}; use none or all_reduce")
+        raise PipesimError(f"{path}: line {line}: column 'comm' is {comm!r}; use none, all_reduce or all_gather")
     tokens = integer("tokens")
     comm_bytes = integer("comm_bytes", default=0)
     if comm == "all_reduce" and not comm_bytes:

@@ -95,8 +95,11 @@ def test_tp_sharding() -> None:
     assert ops4["input_layernorm"].params == ops1["input_layernorm"].params  # replicated
     assert ops4["sampler"].flops == ops1["sampler"].flops  # samples the gathered full vocab
     reducers = {o.name for o in ops4.values() if o.tp_all_reduce}
-    assert reducers == {"o_proj", "down_proj"}
+    assert reducers == {"o_proj", "down_proj", "embedding"}  # VocabParallelEmbedding all-reduces under TP
     assert ops4["o_proj"].tp_comm_bytes == 110 * 4096 * 2
+    assert ops4["embedding"].tp_comm_bytes == 110 * 4096 * 2
+    # lm_head's logits (5 sequences x 128256 / 4 vocab rows per rank) are all-gathered before the sampler.
+    assert ops4["lm_head"].tp_gather_bytes == 5 * 32064 * 2 and ops1["lm_head"].tp_gather_bytes == 0
     # 8 KV heads over tp=16: each rank keeps one replicated KV head (32 query heads -> 2 per rank).
     _, block, _ = iteration_ops(LLAMA, Iteration(decode=(99,)), 16, "bfloat16")
     qkv = by_name(block)["qkv_proj"]

@@ -72,9 +72,13 @@ def test_layer_time_is_the_roofline_of_its_flops_and_bytes() -> None:
 def test_all_reduce_and_activation_bytes() -> None:
     layers, _ = _layers("meta-llama/Llama-3.1-8B", "H100-SXM", tp=2, pp=2)
     reduced = [r for r in layers.rows if r.comm == "all_reduce"]
-    assert {r.name for r in reduced} == {"o_proj", "down_proj"}
-    assert len(reduced) == 2 * 32
+    # vLLM all-reduces o_proj, down_proj and the vocab-parallel embedding's output under TP.
+    assert {r.name for r in reduced} == {"o_proj", "down_proj", "embedding"}
+    assert len(reduced) == 2 * 32 + 1
     assert all(r.comm_bytes == 544 * 4096 * 2 for r in reduced)
+    # ... and all-gathers lm_head's logits: each rank's shard of 33 sequences x ceil(128256 / 2) vocab rows.
+    gathered = [r for r in layers.rows if r.comm == "all_gather"]
+    assert [(r.name, r.stage, r.comm_bytes) for r in gathered] == [("lm_head", 1, 33 * 64128 * 2)]
     assert layers.activation_bytes(0) == 544 * 4096 * 2
     single, _ = _layers("meta-llama/Llama-3.1-8B", "H100-SXM", tp=1, pp=2)
     assert all(r.comm == "none" and r.comm_bytes == 0 for r in single.rows)
@@ -178,9 +182,9 @@ def test_llama_405b_tp8_pp16_workload_is_valid_with_the_expected_node_counts() -
     for graph in workload.graphs:
         stage = plan.coords(graph.rank).stage
         blocks = len(plan.blocks_of(stage))
-        # 9 layers + 2 all-reduces per block; embedding + send on stage 0; recv + 3 head layers on stage 15;
-        # recv + send in between.
-        extra = {0: 1 + 1, 15: 1 + 3}.get(stage, 2)
+        # 9 layers + 2 all-reduces per block; embedding + its all-reduce + send on stage 0; recv + 3 head layers
+        # + lm_head's all-gather on stage 15; recv + send in between.
+        extra = {0: 2 + 1, 15: 1 + 3 + 1}.get(stage, 2)
         assert len(graph.nodes) == 11 * blocks + extra
     assert len(workload.comm_groups) == 16
     workload_report = validate_workload(workload)

@@ -2,48 +2,83 @@
 
 Per NPU of stage s (all in one dependency chain, lowest id first):
   recv of the activation from the same tp_rank of stage s-1 (s > 0),
-  one COMP_NODE per layer of the stage, each followed by a TP all-reduce (pg_name of the stage's TP group)
-  when the layer says so and tp > 1,
+  one COMP_NODE per layer of the stage, each followed by a TP collective (pg_name of the stage's TP group)
+  when the layer says so and tp > 1: an all-reduce (o_proj, down_proj, the vocab-parallel embedding) or an
+  all-gather (lm_head's logits shards),
   send of the activation to the same tp_rank of stage s+1 (s < pp-1).
 With dp > 1 every DP replica runs the same iteration on its own NPUs (no traffic between replicas).
 Pure and in memory: a serving loop builds one of these per scheduled iteration.
+
+Two granularities, timed identically by a duration-replaying backend:
+- `build_serving_workload(layers, ...)`: one compute node per layer row (what `pipesim trace` writes);
+- `build_fused_workload(ops, ...)`: the serving loop's form, built straight from the iteration's timed ops: the
+  compute rows between two collectives become one node. Every duration is the running sum of the stage's layer
+  ns rounded to whole microseconds minus the previous one (`micros_durations`), so the fused chain ends on the
+  same microsecond as the per-layer chain, node for node at every collective.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from llm_converter.errors import PipesimError
 from llm_converter.graph import CollectiveType, Graph, Node, NodeType, Workload
 from llm_converter.graphs.tags import TAG_ITERATION_PERIOD, TAG_STAGE_STRIDE, activation_tag
-from llm_converter.layers import LayerList, LayerRow
+from llm_converter.layers import LayerList, LayerRow, TimedOps, tp_comm
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan
 
-__all__ = ["TAG_ITERATION_PERIOD", "TAG_STAGE_STRIDE", "activation_tag", "build_serving_workload"]
+__all__ = [
+    "TAG_ITERATION_PERIOD",
+    "TAG_STAGE_STRIDE",
+    "Step",
+    "activation_tag",
+    "build_fused_workload",
+    "build_serving_workload",
+    "fused_steps",
+]
 
-_ALL_REDUCE = int(CollectiveType.ALL_REDUCE)
+_COLLECTIVE_OF = {"all_reduce": int(CollectiveType.ALL_REDUCE), "all_gather": int(CollectiveType.ALL_GATHER)}
+_COLLECTIVE_SUFFIX = {"all_reduce": "_ar", "all_gather": "_ag"}
 _COMP = NodeType.COMP_NODE
 _COLL = NodeType.COMM_COLL_NODE
 
 # Node names are the same for every iteration: cache them rather than format thousands per iteration.
 _node_names: dict[tuple[str, str, str, int], str] = {}
+_fused_names: dict[tuple[str, int, str, int], str] = {}
 
 
-def _node_name(kind: str, row: LayerRow, suffix: str = "") -> str:
+def _node_name(kind: str, name: str, block: int, suffix: str = "") -> str:
     """`<kind>_<layer><suffix>_b<block>` (no block part outside the blocks), cached: names repeat every iteration."""
-    key = (kind, row.name, suffix, row.block)
-    name = _node_names.get(key)
-    if name is None:
-        name = f"{kind}_{row.name}{suffix}" + (f"_b{row.block}" if row.block >= 0 else "")
-        _node_names[key] = name
-    return name
+    key = (kind, name, suffix, block)
+    text = _node_names.get(key)
+    if text is None:
+        text = f"{kind}_{name}{suffix}" + (f"_b{block}" if block >= 0 else "")
+        _node_names[key] = text
+    return text
 
 
 def comp_name(row: LayerRow) -> str:
-    return _node_name("COMP_NODE", row)
+    return _node_name("COMP_NODE", row.name, row.block)
 
 
 def all_reduce_name(row: LayerRow) -> str:
-    return _node_name("COMM_COLL_NODE", row, "_ar")
+    return _node_name("COMM_COLL_NODE", row.name, row.block, "_ar")
+
+
+def collective_name(comm: str, name: str, block: int) -> str:
+    return _node_name("COMM_COLL_NODE", name, block, _COLLECTIVE_SUFFIX[comm])
+
+
+def _fused_name(first: str, first_block: int, last: str, last_block: int) -> str:
+    key = (first, first_block, last, last_block)
+    text = _fused_names.get(key)
+    if text is None:
+        start = first + (f"_b{first_block}" if first_block >= 0 else "")
+        end = last + (f"_b{last_block}" if last_block >= 0 else "")
+        text = f"COMP_NODE_{start}" if key[:2] == key[2:] else f"COMP_NODE_{start}_to_{end}"
+        _fused_names[key] = text
+    return text
 
 
 def micros_durations(rows: list[LayerRow]) -> list[int]:
@@ -62,37 +97,109 @@ def micros_durations(rows: list[LayerRow]) -> list[int]:
     return durations
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One compute node of a stage and the TP collective after it (comm "none": no collective)."""
+
+    name: str
+    duration_us: int
+    flops: int
+    bytes: int
+    comm: str = "none"
+    comm_bytes: int = 0
+    comm_name: str = ""
+
+
 def build_serving_workload(layers: LayerList, plan: ParallelPlan, iteration_id: int = 0) -> Workload:
     """Per-NPU graphs of one iteration; graph k is NPU k, comm_groups are the plan's TP groups."""
-    with paused_gc():
-        return _build_serving_workload(layers, plan, iteration_id)
-
-
-def _build_serving_workload(layers: LayerList, plan: ParallelPlan, iteration_id: int) -> Workload:
     if layers.num_stages != plan.pp:
         raise PipesimError(
             f"serving graph: the layer list has {layers.num_stages} stages but the plan has pp = {plan.pp}; "
             "build the layer list with this plan"
         )
+    with paused_gc():
+        collect = plan.tp > 1
+        stages = []
+        for stage in range(plan.pp):
+            rows = layers.stage_rows(stage)
+            steps = []
+            for row, duration in zip(rows, micros_durations(rows), strict=True):
+                comm = row.comm if collect else "none"
+                # At least 1 op and 1 byte: ASTRA-Sim's roofline mode divides num_ops by a performance that is 0
+                # when num_ops is 0 (0/0), and skips nodes whose tensor_size is 0. With num_ops 1 the roofline
+                # time is tensor_size / bandwidth: the memory time of a gather such as the embedding.
+                steps.append(
+                    Step(
+                        comp_name(row),
+                        duration,
+                        max(row.flops, 1),
+                        max(row.bytes, 1),
+                        comm,
+                        row.comm_bytes if comm != "none" else 0,
+                        collective_name(comm, row.name, row.block) if comm != "none" else "",
+                    )
+                )
+            stages.append(steps)
+        boundary_bytes = [layers.activation_bytes(stage) for stage in range(plan.pp - 1)]
+        return _emit(stages, plan, iteration_id, boundary_bytes)
+
+
+def fused_steps(ops: TimedOps, plan: ParallelPlan, hidden: int, element_bytes: int) -> list[list[Step]]:
+    """Per stage, the compute between collectives as one Step each (see the module docstring)."""
+    tp = plan.tp
+    block_comms = [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.block]
+    pre_comms = [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.pre]
+    post_comms = [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.post]
+    stages: list[list[Step]] = []
+    last_stage = plan.pp - 1
+    for stage in range(plan.pp):
+        sequence: list[tuple[object, int, int, tuple[str, int]]] = []  # (op, ns, block, comm)
+        if stage == 0:
+            sequence.extend((op, ns, -1, comm) for (op, ns), comm in zip(ops.pre, pre_comms, strict=True))
+        for block in plan.blocks_of(stage):
+            sequence.extend((op, ns, block, comm) for (op, ns), comm in zip(ops.block, block_comms, strict=True))
+        if stage == last_stage:
+            sequence.extend((op, ns, -1, comm) for (op, ns), comm in zip(ops.post, post_comms, strict=True))
+        steps: list[Step] = []
+        elapsed_ns = elapsed_us = 0
+        flops = size = 0
+        first = None
+        for op, ns, block, (comm, comm_bytes) in sequence:
+            if first is None:
+                first = (op.name, block)  # type: ignore[attr-defined]
+            elapsed_ns += ns
+            flops += op.flops  # type: ignore[attr-defined]
+            size += op.bytes  # type: ignore[attr-defined]
+            if comm == "none":
+                continue
+            end_us = (elapsed_ns + 500) // 1000
+            name = _fused_name(first[0], first[1], op.name, block)  # type: ignore[attr-defined]
+            coll = collective_name(comm, op.name, block)  # type: ignore[attr-defined]
+            steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1), comm, comm_bytes, coll))
+            elapsed_us = end_us
+            flops = size = 0
+            first = None
+        if first is not None:
+            end_us = (elapsed_ns + 500) // 1000
+            last_op, _, last_block, _ = sequence[-1]
+            name = _fused_name(first[0], first[1], last_op.name, last_block)  # type: ignore[attr-defined]
+            steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1)))
+        stages.append(steps)
+    return stages
+
+
+def build_fused_workload(
+    steps: list[list[Step]], plan: ParallelPlan, iteration_id: int, boundary_bytes: list[int]
+) -> Workload:
+    """Per-NPU graphs from per-stage steps (fused_steps); boundary_bytes[s]: the activation sent s -> s+1."""
+    with paused_gc():
+        return _emit(steps, plan, iteration_id, boundary_bytes)
+
+
+def _emit(stages: list[list[Step]], plan: ParallelPlan, iteration_id: int, boundary_bytes: list[int]) -> Workload:
     tp = plan.tp
     pp = plan.pp
-    reduce_in_tp = tp > 1
-    stage_rows = [layers.stage_rows(stage) for stage in range(pp)]
-    # Per stage: (name, duration_us, flops, bytes, all-reduce name or None, all-reduce bytes), shared by its ranks.
-    stage_steps = []
-    for rows in stage_rows:
-        steps = []
-        for row, duration in zip(rows, micros_durations(rows), strict=True):
-            reduce_name = all_reduce_name(row) if reduce_in_tp and row.comm == "all_reduce" else None
-            # At least 1 op and 1 byte: ASTRA-Sim's roofline mode divides num_ops by a performance that is 0 when
-            # num_ops is 0 (0/0), and skips nodes whose tensor_size is 0. With num_ops 1 the roofline time is
-            # tensor_size / bandwidth: the memory time of a gather such as the embedding.
-            ops, size = max(row.flops, 1), max(row.bytes, 1)
-            steps.append((comp_name(row), duration, ops, size, reduce_name, row.comm_bytes))
-        stage_steps.append(steps)
-    boundary_bytes = [layers.activation_bytes(stage) for stage in range(pp - 1)]
     boundary_tags = [activation_tag(iteration_id, stage) for stage in range(pp - 1)]
-
     graphs: list[Graph] = []
     for rank in range(plan.npus):
         stage, tp_rank, dp_rank = plan.coords(rank)
@@ -115,22 +222,22 @@ def _build_serving_workload(layers: LayerList, plan: ParallelPlan, iteration_id:
             )
             deps = [0]
             next_id = 1
-        pg_name = plan.pg_name(stage, dp_rank) if reduce_in_tp else None
-        for name, duration, flops, size, reduce_name, reduce_bytes in stage_steps[stage]:
+        pg_name = plan.pg_name(stage, dp_rank) if tp > 1 else None
+        for step in stages[stage]:
             # Positional (id, name, type, data_deps, ctrl_deps, duration_micros, start_time_micros, is_cpu_op,
             # num_ops, tensor_size): a third faster than keywords, and compute nodes are most of the graph.
-            append(Node(next_id, name, _COMP, deps, [], duration, 0, False, flops, size))
+            append(Node(next_id, step.name, _COMP, deps, [], step.duration_us, 0, False, step.flops, step.bytes))
             deps = [next_id]
             next_id += 1
-            if reduce_name is not None:
+            if step.comm != "none":
                 append(
                     Node(
                         next_id,
-                        reduce_name,
+                        step.comm_name,
                         _COLL,
                         deps,
-                        comm_type=_ALL_REDUCE,
-                        comm_size=reduce_bytes,
+                        comm_type=_COLLECTIVE_OF[step.comm],
+                        comm_size=step.comm_bytes,
                         pg_name=pg_name,
                     )
                 )
