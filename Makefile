@@ -39,3 +39,12 @@ proto proto-check:
 
 clean:
 	find traces -mindepth 1 ! -name README.md -exec rm -rf {} +
+
+# The pipesim image (Dockerfile; docs/backends.md). OFFLINE=1 builds every wheel here first (build/wheelhouse), so
+# the build itself needs no network; DOCKER_BUILD_ARGS adds options, e.g. --build-arg BASE_IMAGE=python-local:3.11,
+# --build-arg ASTRA_SIM_IMAGE=IMG --build-arg ASTRA_SIM_BIN=/path/in/IMG, or --network=host.
+DOCKER_TAG ?= pipesim
+.PHONY: docker
+docker:
+	$(if $(OFFLINE),rm -rf build/wheelhouse && $(PYTHON) -m pip wheel -q . -w build/wheelhouse,)
+	docker build -t $(DOCKER_TAG) $(if $(OFFLINE),--build-arg WHEELHOUSE=build/wheelhouse,) $(DOCKER_BUILD_ARGS) .
