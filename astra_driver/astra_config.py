@@ -371,11 +371,47 @@ _NetworkYamlLoader.add_implicit_resolver(
 )
 
 
+# network.yml holds flat lists: a few levels of [ ] / { }. PyYAML's scanner is quadratic in the flow depth
+# (a 1000-deep file takes a second) and recursive in the composer, so deeper text is refused before parsing.
+MAX_FLOW_DEPTH = 16
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow collections in `text`, skipping quoted scalars and comments."""
+    depth = deepest = 0
+    quote = ""
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if quote:
+            if char == "\\" and quote == '"':
+                index += 1
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "#" and (index == 0 or text[index - 1] in " \t\n"):
+            newline = text.find("\n", index)
+            index = len(text) if newline < 0 else newline
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        index += 1
+    return deepest
+
+
 def load_network(path: Path | str) -> NetworkConfig:
     """network.yml of the analytical backend: topology, npus_count, bandwidth, latency (one entry per dim)."""
     path = Path(path)
     what = "network config (network.yml)"
     text = _read_text(path, what)
+    if _flow_depth(text) > MAX_FLOW_DEPTH:
+        raise PipesimError(
+            f"{path}: nested too deeply to read (over {MAX_FLOW_DEPTH} levels of [ ] or {{ }}); "
+            f"the {what} holds flat lists"
+        )
     try:
         data = yaml.load(text, Loader=_NetworkYamlLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
