@@ -606,3 +606,37 @@ def test_real_entry_point(tmp_path: Path, good: Path) -> None:
         assert stdout == b"", (name, stdout)
         _one_line_error(process.returncode, stderr.decode(), tuple(cases[name][1]))
     assert _snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# error lines stay short and printable (llm_converter.errors: name_first, and PipesimError's own cap)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_error_lines_stay_short_and_printable() -> None:
+    from llm_converter.errors import MAX_MESSAGE_CHARS, PipesimError, name_first
+
+    assert name_first(range(100_000)) == "0, 1, 2, 3, 4 and 99995 more"
+    assert name_first([7, 9]) == "7, 9"
+    long = PipesimError("x.json: " + "ab" * 100_000 + "; the fix")
+    assert len(str(long)) <= MAX_MESSAGE_CHARS + 40 and str(long).startswith("x.json: abab")
+    assert str(long).endswith("; the fix") and "characters left out" in str(long)
+    # Control characters and lone surrogates from a file's text come out as escapes, on one line.
+    assert str(PipesimError("a\nb\x1b[31m\x00 \ud800")) == "a b\\x1b[31m\\x00 \\ud800"
+
+
+def test_a_stall_across_many_ranks_is_one_short_line() -> None:
+    """The engine names up to three stuck nodes per rank: 300 stuck ranks still print one short line."""
+    from astra_driver.astra_config import AstraConfig, NetworkConfig
+    from astra_driver.engine import DeadlockError, simulate
+    from llm_converter.errors import MAX_MESSAGE_CHARS
+    from llm_converter.graph import GraphBuilder, Workload
+
+    builders = [GraphBuilder(rank) for rank in range(300)]
+    for rank, builder in enumerate(builders):
+        builder.recv("never", src=(rank + 1) % 300, tag=1, size=8)
+    config = AstraConfig(network=NetworkConfig(["FullyConnected"], [300], [50.0], [500.0]))
+    with pytest.raises(DeadlockError) as caught:
+        simulate(Workload([b.graph for b in builders]), config)
+    assert len(str(caught.value)) <= MAX_MESSAGE_CHARS + 40 and "\n" not in str(caught.value)
+    assert len(caught.value.stuck) == 300  # programs still get every stuck rank
