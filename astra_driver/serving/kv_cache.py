@@ -164,15 +164,13 @@ class KVCacheManager:
         assert prompt is not None
         if end <= len(prompt):
             return prompt[start:end]
-        outputs = request.output_token_ids
-        ids = list(prompt[start:end])
-        for position in range(max(start, len(prompt)), end):
-            k = position - len(prompt)
-            if outputs is not None and k < len(outputs):
-                ids.append(outputs[k])
-            else:
-                ids.append(-1 - (request.request_id << 32 | k))  # made-up id, unique to (request, position)
-        return tuple(ids)
+        head = prompt[start:] if start < len(prompt) else ()
+        first, last = max(start, len(prompt)) - len(prompt), end - len(prompt)  # output positions [first, last)
+        known = request.output_token_ids[first:last] if request.output_token_ids is not None else ()
+        # Made-up ids for outputs the workload does not give: -1 - (request_id << 32 | k), unique per (request, k).
+        base = -1 - (request.request_id << 32)
+        made_up = tuple(range(base - first - len(known), base - last, -1))
+        return head + known + made_up
 
     # -- vLLM KVCacheManager API ----------------------------------------------------------------------------------
 
@@ -219,6 +217,10 @@ class KVCacheManager:
         vLLM does."""
         if num_new_tokens <= 0:
             raise ValueError("num_new_tokens must be positive")
+        blocks = self.req_to_blocks.get(request.request_id)
+        if blocks is not None and not new_computed_blocks and not full_sequence_must_fit:
+            held = len(blocks)
+            return blocks[held:] if self.grow_slots(request, num_new_tokens) else None
         free = self.pool.num_free_blocks
         if (
             full_sequence_must_fit
@@ -241,6 +243,24 @@ class KVCacheManager:
         if self.enable_caching:
             self._cache_blocks(request, min(num_computed + num_new_tokens, request.num_tokens))
         return new_blocks
+
+    def grow_slots(self, request: Request, num_new_tokens: int) -> bool:
+        """allocate_slots for a request that holds blocks and has no new prefix hits (a running request's step),
+        by a short path since it runs once per running request per step. False (nothing changed) when too few
+        blocks are free."""
+        size = self.block_size
+        blocks = self.req_to_blocks[request.request_id]
+        need = request.num_computed_tokens + num_new_tokens
+        if need > len(blocks) * size:
+            missing = (need + size - 1) // size - len(blocks)
+            if missing > len(self.pool.free_queue):
+                return False
+            blocks.extend(self.pool.get_new_blocks(missing))
+        if self.enable_caching and request.input_token_ids is not None:
+            num_tokens = min(need, request.input_tokens + request.num_generated)
+            if num_tokens // size > self.num_cached_block.get(request.request_id, 0):
+                self._cache_blocks(request, num_tokens)
+        return True
 
     def _cache_blocks(self, request: Request, num_tokens: int) -> None:
         num_cached = self.num_cached_block.get(request.request_id, 0)

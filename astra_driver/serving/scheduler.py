@@ -73,7 +73,7 @@ class SchedulerConfig:
             raise PipesimError(f"max_model_len: {self.max_model_len} must be a positive number of tokens")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BatchEntry:
     """One request's share of a batch."""
 
@@ -188,32 +188,41 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self, now_ns: int) -> ScheduledBatch | None:
-        """The next batch, or None when pp_size batches are in flight or nothing can run now."""
+        """The next batch, or None when pp_size batches are in flight or nothing can run now.
+
+        None with no batch in flight means no request is queued: a lone request always fits (add_request refused
+        those that cannot), so a loop may wait for the next arrival."""
         cfg = self.config
         if len(self._inflight) >= cfg.pp_size:
             return None
         budget = cfg.max_num_batched_tokens
         entries: list[BatchEntry] = []
-        scheduled: list[Request] = []
+        members: list[tuple[Request, int]] = []  # (request, its preemption count), to spot victims at finish_batch
         preempted_any = False
 
-        # Running requests, in admission order.
+        # Running requests, in admission order. A request's computed tokens advance as soon as it is scheduled, as
+        # in vLLM (_update_after_schedule): the KV is being written from then on. Victims come from the tail, so
+        # none of them was scheduled earlier in the step.
+        kv, busy, threshold, running = self.kv, self._busy, cfg.long_prefill_token_threshold, self.running
         index = 0
-        while index < len(self.running) and budget > 0:
-            request = self.running[index]
-            if request.request_id in self._busy:
+        while index < len(running) and budget > 0:
+            request = running[index]
+            if request.request_id in busy:
                 index += 1
                 continue
-            num_new = request.num_tokens - request.num_computed_tokens
-            if 0 < cfg.long_prefill_token_threshold < num_new:
-                num_new = cfg.long_prefill_token_threshold
-            num_new = min(num_new, budget)
+            computed = request.num_computed_tokens
+            num_tokens = request.input_tokens + request.num_generated
+            num_new = num_tokens - computed
+            if 0 < threshold < num_new:
+                num_new = threshold
+            if num_new > budget:
+                num_new = budget
             if num_new <= 0:
                 index += 1
                 continue
             victim_was_self = False
-            while self.kv.allocate_slots(request, num_new) is None:
-                victim = self.running.pop()
+            while not kv.grow_slots(request, num_new):
+                victim = running.pop()
                 self._preempt(victim)
                 preempted_any = True
                 if victim is request:
@@ -221,8 +230,13 @@ class Scheduler:
                     break
             if victim_was_self:
                 break
-            entries.append(self._entry(request, num_new, request.num_computed_tokens))
-            scheduled.append(request)
+            is_decode = num_new == 1 and computed == num_tokens - 1 and request.num_generated > 0
+            entries.append(
+                BatchEntry(request.request_id, num_new, computed, not is_decode, computed + num_new == num_tokens)
+            )
+            request.num_computed_tokens = computed + num_new
+            busy.add(request.request_id)
+            members.append((request, request.num_preemptions))
             budget -= num_new
             index += 1
 
@@ -249,33 +263,22 @@ class Scheduler:
                     self._query_tokens += request.num_tokens
                     self._hit_tokens += num_hit
                 request.status = RequestStatus.RUNNING
-                request.num_computed_tokens = num_hit
+                request.num_computed_tokens = num_hit + num_new
                 self.running.append(request)
-                entries.append(self._entry(request, num_new, num_hit))
-                scheduled.append(request)
+                entries.append(
+                    BatchEntry(request.request_id, num_new, num_hit, True, num_hit + num_new == request.num_tokens)
+                )
+                busy.add(request.request_id)
+                members.append((request, request.num_preemptions))
                 budget -= num_new
 
         self._peak_blocks = max(self._peak_blocks, self.kv.pool.num_used_blocks)
         if not entries:
             return None
-        # vLLM advances num_computed_tokens when it schedules (the KV is being written from now on).
-        for request, entry in zip(scheduled, entries, strict=True):
-            request.num_computed_tokens += entry.num_new_tokens
-            self._busy.add(request.request_id)
         batch = ScheduledBatch(self._next_batch_id, now_ns, tuple(entries))
-        self._inflight[batch.batch_id] = [(r, r.num_preemptions) for r in scheduled]
+        self._inflight[batch.batch_id] = members
         self._next_batch_id += 1
         return batch
-
-    def _entry(self, request: Request, num_new: int, num_context: int) -> BatchEntry:
-        is_decode = request.num_generated > 0 and num_context == request.num_tokens - 1 and num_new == 1
-        return BatchEntry(
-            request_id=request.request_id,
-            num_new_tokens=num_new,
-            num_context_tokens=num_context,
-            is_prefill=not is_decode,
-            samples_token=num_context + num_new == request.num_tokens,
-        )
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
