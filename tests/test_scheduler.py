@@ -302,3 +302,32 @@ def test_vllm_019_defaults():
     assert defaults_for(141, "NVIDIA H200", usage="offline") == (16384, 1024)
     assert defaults_for(24, "", usage="offline") == (8192, 256)
     assert defaults_for(96, "", enable_chunked_prefill=False, max_model_len=512) == (512, 512)
+
+
+def test_preempted_while_in_flight_its_work_is_discarded_and_it_waits_for_that_batch():
+    # pp_size 2, 4 usable blocks of 16. C (32-token prompt) runs in batch 0, A (32 tokens) in batch 1. When batch 0
+    # ends, C's first decode needs a third block: A, the tail of the running list, is preempted although batch 1
+    # still computes it. Batch 1's result for A is dropped; A cannot come back before batch 1 ends, and then only
+    # once C's blocks are free.
+    s = Scheduler(SchedulerConfig(max_num_batched_tokens=256, max_num_seqs=8, pp_size=2), num_gpu_blocks=5)
+    c, a = _req(0, 32, 3), _req(1, 32, 3)
+    s.add_request(c)
+    batch0 = s.schedule(0)
+    s.add_request(a)
+    batch1 = s.schedule(1)
+    assert [e.request_id for e in batch1.entries] == [1] and s.inflight == 2
+    s.finish_batch(batch0, 10)
+    batch2 = s.schedule(10)
+    assert [(e.request_id, e.num_context_tokens) for e in batch2.entries] == [(0, 32)]
+    assert a.status is RequestStatus.PREEMPTED and a.num_computed_tokens == 0 and s.stats.preemptions == 1
+    assert s.schedule(10) is None  # C is in flight; A's batch 1 is still running
+    assert s.finish_batch(batch1, 20) == [] and a.num_generated == 0 and a.token_times_ns == []
+    assert s.schedule(20) is None  # A needs 2 free blocks, C holds 3 of 4
+    s.finish_batch(batch2, 30)
+    batch3 = s.schedule(30)
+    assert [e.request_id for e in batch3.entries] == [0]
+    assert s.finish_batch(batch3, 40) == [c]
+    batch4 = s.schedule(40)
+    assert [(e.request_id, e.num_new_tokens, e.num_context_tokens) for e in batch4.entries] == [(1, 32, 0)]
+    s.finish_batch(batch4, 50)
+    assert a.token_times_ns == [50] and a.first_scheduled_ns == 1
