@@ -11,11 +11,11 @@ install:
 
 # One serving iteration of Llama-3.1-8B on the seed's PP=2 cluster: a 512-token prefill and 32 decodes.
 trace:
-	pipesim trace --cluster-config $(CLUSTER) --prefill 512 --decode 32x1024 --name $(EXAMPLE)
+	$(PYTHON) -m astra_driver.cli trace --cluster-config $(CLUSTER) --prefill 512 --decode 32x1024 --name $(EXAMPLE)
 
 # Replay what `make trace` wrote, exactly as ASTRA-Sim would be run on it (builtin engine by default).
 simulate:
-	pipesim replay --workload-configuration=$(TRACE_DIR)/llm \
+	$(PYTHON) -m astra_driver.cli replay --workload-configuration=$(TRACE_DIR)/llm \
 	  --system-configuration=$(TRACE_DIR)/system.json \
 	  --network-configuration=$(TRACE_DIR)/network.yml \
 	  --remote-memory-configuration=$(TRACE_DIR)/memory.json \

@@ -398,3 +398,38 @@ def test_trace_replays_in_roofline_mode(tmp_path: Path) -> None:
     assert (node_id, issue) == (0, 0)
     assert end == int(embedding.tensor_size / config.system.local_mem_bw)
     assert all(finish > 0 for finish in result.finish_ns)
+
+
+def _doc_command(path: Path, marker: str) -> list[str]:
+    """The `pipesim ...` command of `path` (a Markdown code block) whose text contains `marker`, continuation lines
+    joined, as argv without the leading `pipesim`."""
+    text = path.read_text().replace("\\\n", " ")
+    (line,) = [line.strip() for line in text.splitlines() if line.strip().startswith("pipesim ") and marker in line]
+    return line.split()[1:]
+
+
+def test_the_profile_example_of_docs_cli_works_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_dir: Path
+) -> None:
+    """Issue 6 item 6: it lacked --dtype bfloat16, which the measured bundle needs (the default is float16)."""
+    args = _doc_command(REPO / "docs" / "cli.md", "--profile-dir")
+    assert "--dtype" in args
+    args = [arg.replace("../shared", str(shared_dir)) for arg in args]
+    monkeypatch.chdir(REPO)  # the example's relative paths are from the checkout's root
+    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "l8_measured" / "llm.1.et").is_file()
+
+
+def test_makefile_calls_pipesim_through_python(tmp_path: Path) -> None:
+    """Issue 6 item 6: `make trace simulate` ran a bare `pipesim`, found only with the venv activated."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(REPO), "trace", "simulate", "PYTHON=py"], capture_output=True, text=True, check=True
+    )
+    commands = [line for line in dry.stdout.splitlines() if line and not line.startswith(("make", " "))]
+    assert len(commands) == 2
+    assert all(line.startswith("py -m astra_driver.cli ") for line in commands), commands
