@@ -51,3 +51,19 @@ def training_tag(microbatch: int, boundary: int, gradient: bool) -> int:
         raise PipesimError(f"training graph: microbatch {microbatch} is negative; microbatches count from 0")
     slot = (microbatch % TRAINING_MICROBATCH_PERIOD) * TAG_STAGE_STRIDE + boundary
     return slot * TRAINING_DIRECTIONS + (1 if gradient else 0)
+
+
+# P/D KV transfer (on the cluster link, apart from any iteration's traffic): comm_tag = (transfer_id mod
+# KV_TRANSFER_PERIOD) * TAG_STAGE_STRIDE + message, message m = the m-th prefill NPU's share of the KV cache.
+KV_TRANSFER_PERIOD = TAG_MODULUS // TAG_STAGE_STRIDE
+
+
+def kv_transfer_tag(transfer_id: int, message: int) -> int:
+    """Tag of message `message` (one prefill NPU's KV share) of P/D KV transfer `transfer_id`."""
+    if not 0 <= message < TAG_STAGE_STRIDE:
+        raise PipesimError(
+            f"KV transfer: message {message} outside [0, {TAG_STAGE_STRIDE}); use <= 1024 NPUs per instance"
+        )
+    if transfer_id < 0:
+        raise PipesimError(f"KV transfer: transfer_id {transfer_id} is negative; ids count from 0")
+    return (transfer_id % KV_TRANSFER_PERIOD) * TAG_STAGE_STRIDE + message
