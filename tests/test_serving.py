@@ -220,3 +220,34 @@ def test_matches_the_conformance_serving_case_structure() -> None:
                 b.comm_src,
                 b.comm_dst,
             )
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_fused_graphs_finish_like_per_layer_graphs(tp: int, pp: int) -> None:
+    """The serving loop's fused graphs end on the same tick as the per-layer graphs `pipesim trace` writes."""
+    from astra_driver.astra_config import AstraConfig, NetworkConfig
+    from astra_driver.engine import simulate
+    from llm_converter.graphs.forward import build_fused_workload, fused_steps
+    from llm_converter.hardware import get_hardware
+    from llm_converter.iteration import Iteration, PrefillChunk
+    from llm_converter.latency import make_latency_model
+    from llm_converter.layers import build_layer_list, timed_ops
+    from llm_converter.models import get_model
+
+    model = get_model("Llama-3.1-8B")
+    iteration = Iteration(prefill=(PrefillChunk(300, 17),), decode=(40, 900, 5))
+    latency = make_latency_model(model, get_hardware("RTXPRO6000"), tp, "float16")
+    plan = ParallelPlan.even(tp, pp, model.num_layers)
+    ops = timed_ops(model, iteration, tp, latency, "float16")
+    per_layer = build_serving_workload(build_layer_list(model, iteration, plan, latency, "float16", ops=ops), plan, 7)
+    fused = build_fused_workload(fused_steps(ops, plan, model.hidden_size, 2), plan, 7, [303 * 4096 * 2] * (pp - 1))
+    config = AstraConfig(NetworkConfig(["FullyConnected"], [plan.npus], [16.0], [20_000.0]))
+    a, b = simulate(per_layer, config), simulate(fused, config)
+    assert a.finish_ns == b.finish_ns and a.exposed_comm_ns == b.exposed_comm_ns
+    collectives = [n for n in per_layer.graphs[-1].nodes if n.type == NodeType.COMM_COLL_NODE]
+    assert [(n.comm_type, n.comm_size) for n in collectives] == [
+        (n.comm_type, n.comm_size) for n in fused.graphs[-1].nodes if n.type == NodeType.COMM_COLL_NODE
+    ]
+    compute = [n for n in fused.graphs[0].nodes if n.type == NodeType.COMP_NODE]
+    # tp > 1: embedding | 2 per block | final norm + lm_head | sampler (on stage 0 when it is the last too)
+    assert len(compute) == (1 if tp == 1 else 1 + 2 * len(plan.blocks_of(0)) + (2 if pp == 1 else 0))

@@ -144,45 +144,78 @@ def build_serving_workload(layers: LayerList, plan: ParallelPlan, iteration_id: 
         return _emit(stages, plan, iteration_id, boundary_bytes)
 
 
+def _chunks(timed: list, comms: list[tuple[str, int]]) -> list[tuple[int, int, int, str, int, str, str]]:
+    """Consecutive ops of one scope cut after each collective: (ns, flops, bytes, comm, comm bytes, first op name,
+    last op name); the last chunk has comm "none" when the scope does not end in a collective."""
+    chunks = []
+    ns = flops = size = 0
+    first = ""
+    for (op, op_ns), (comm, comm_bytes) in zip(timed, comms, strict=True):
+        if not first:
+            first = op.name
+        ns += op_ns
+        flops += op.flops
+        size += op.bytes
+        if comm != "none":
+            chunks.append((ns, flops, size, comm, comm_bytes, first, op.name))
+            ns = flops = size = 0
+            first = ""
+    if first:
+        chunks.append((ns, flops, size, "none", 0, first, timed[-1][0].name))
+    return chunks
+
+
 def fused_steps(ops: TimedOps, plan: ParallelPlan, hidden: int, element_bytes: int) -> list[list[Step]]:
     """Per stage, the compute between collectives as one Step each (see the module docstring)."""
     tp = plan.tp
-    block_comms = [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.block]
-    pre_comms = [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.pre]
-    post_comms = [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.post]
+    pre = _chunks(ops.pre, [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.pre])
+    block = _chunks(ops.block, [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.block])
+    post = _chunks(ops.post, [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.post])
+    open_block = len(block) == 1 and block[0][3] == "none"  # no collective inside a block (tp 1)
     stages: list[list[Step]] = []
     last_stage = plan.pp - 1
     for stage in range(plan.pp):
-        sequence: list[tuple[object, int, int, tuple[str, int]]] = []  # (op, ns, block, comm)
+        blocks = plan.blocks_of(stage)
+        sequence: list[tuple[tuple, int]] = []  # (chunk, block)
         if stage == 0:
-            sequence.extend((op, ns, -1, comm) for (op, ns), comm in zip(ops.pre, pre_comms, strict=True))
-        for block in plan.blocks_of(stage):
-            sequence.extend((op, ns, block, comm) for (op, ns), comm in zip(ops.block, block_comms, strict=True))
+            sequence.extend((chunk, -1) for chunk in pre)
+        if open_block and len(blocks) > 1:
+            n = len(blocks)
+            ns, flops, size, _, _, first, last = block[0]
+            # The stage's blocks as one chunk: n copies of the block, named from the first to the last block.
+            sequence.append(((ns * n, flops * n, size * n, "none", 0, first, last), -2 - blocks.start))
+        else:
+            for index in blocks:
+                sequence.extend((chunk, index) for chunk in block)
         if stage == last_stage:
-            sequence.extend((op, ns, -1, comm) for (op, ns), comm in zip(ops.post, post_comms, strict=True))
+            sequence.extend((chunk, -1) for chunk in post)
         steps: list[Step] = []
         elapsed_ns = elapsed_us = 0
-        flops = size = 0
+        ns = flops = size = 0
         first = None
-        for op, ns, block, (comm, comm_bytes) in sequence:
+        for (chunk_ns, chunk_flops, chunk_bytes, comm, comm_bytes, first_name, last_name), index in sequence:
+            if index <= -2:  # the merged blocks of an open-block stage
+                start_block, end_block = -2 - index, blocks.stop - 1
+            else:
+                start_block = end_block = index
             if first is None:
-                first = (op.name, block)  # type: ignore[attr-defined]
-            elapsed_ns += ns
-            flops += op.flops  # type: ignore[attr-defined]
-            size += op.bytes  # type: ignore[attr-defined]
+                first = (first_name, start_block)
+            elapsed_ns += chunk_ns
+            flops += chunk_flops
+            size += chunk_bytes
+            last = (last_name, end_block)
             if comm == "none":
                 continue
             end_us = (elapsed_ns + 500) // 1000
-            name = _fused_name(first[0], first[1], op.name, block)  # type: ignore[attr-defined]
-            coll = collective_name(comm, op.name, block)  # type: ignore[attr-defined]
+            name = _fused_name(first[0], first[1], last[0], last[1])
+            coll = collective_name(comm, last_name, end_block)
             steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1), comm, comm_bytes, coll))
             elapsed_us = end_us
             flops = size = 0
             first = None
         if first is not None:
             end_us = (elapsed_ns + 500) // 1000
-            last_op, _, last_block, _ = sequence[-1]
-            name = _fused_name(first[0], first[1], last_op.name, last_block)  # type: ignore[attr-defined]
+            name = _fused_name(first[0], first[1], last[0], last[1])
             steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1)))
         stages.append(steps)
     return stages
