@@ -1,7 +1,11 @@
 """ASTRA-Sim's own configuration files as data: network.yml, system.json, memory.json, comm groups.
 
 One home for these concepts: the builtin engine reads them from here, and the template renderer writes them
-from here. Field names follow the files' keys (see ../shared/astra-sim/README.md).
+from here. Field names follow the files' keys (see ../shared/astra-sim/README.md). One set of checks
+(`check_network`, `check_system`, `check_memory`, `check_comm_groups`) refuses what ASTRA-Sim rejects: the
+loaders run it on what they read, astra_files on what it writes. The loaders also survive hostile text
+(not UTF-8, UTF-16, deep nesting, integers no double holds): every failure is one PipesimError line naming
+the file and the field or line.
 """
 
 from __future__ import annotations
@@ -290,6 +294,83 @@ def _read_text(path: Path, what: str) -> str:
         ) from None
 
 
+# The config files hold flat lists: a few levels of [ ] / { }. Deeper text is refused before parsing, with its
+# line: PyYAML's scanner is quadratic in the flow depth (a 1000-deep file takes a second) and both parsers recurse.
+MAX_NESTING = 16
+# Integers are read as text first: one longer than a double holds (ASTRA-Sim's JSON reader rejects it, and
+# Python refuses to convert over 4300 digits) is kept as its digit count, so the field it sits in can be named.
+MAX_INTEGER_DIGITS = 308
+
+
+class HugeInteger:
+    """An integer literal too long to be a value of any field (only its digit count is kept)."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<an integer of {self.digits} digits>"
+
+
+def _integer(text: str) -> int | HugeInteger:
+    digits = len(text.lstrip("+-").replace("_", ""))
+    return HugeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(text)
+
+
+def _check_no_huge_integer(path: Path, data: Any, where: str = "") -> None:
+    """Refuse the first HugeInteger anywhere in `data` (nesting is bounded already), naming its field."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        field_name = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
+        if isinstance(value, HugeInteger):
+            raise PipesimError(
+                f"{path}: {_show(field_name)[1:-1]}: an integer of {value.digits} digits; no double holds it and no "
+                "field takes it"
+            )
+        _check_no_huge_integer(path, value, field_name)
+
+
+def _nesting_line(text: str) -> int | None:
+    """The line where [ ] / { } nesting first goes deeper than MAX_NESTING (None if never), skipping quoted
+    text and comments."""
+    depth = 0
+    line = 1
+    quote = ""
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\n":
+            line += 1
+        if quote:
+            if char == "\\" and quote == '"':
+                index += 1
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "#" and (index == 0 or text[index - 1] in " \t\n"):
+            newline = text.find("\n", index)
+            index = len(text) if newline < 0 else newline
+            continue
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        index += 1
+    return None
+
+
+def _check_nesting(path: Path, text: str, what: str) -> None:
+    line = _nesting_line(text)
+    if line is not None:
+        raise PipesimError(
+            f"{path}: line {line}: nested over {MAX_NESTING} levels of [ ] or {{ }}, too deep to read; the {what} "
+            "holds flat lists"
+        )
+
+
 def _parse_failure(path: Path, what: str, exc: BaseException) -> PipesimError:
     """The one-line error of a parser that gave up on hostile text (nesting, giant integers)."""
     if isinstance(exc, RecursionError):
@@ -302,6 +383,7 @@ def _parse_failure(path: Path, what: str, exc: BaseException) -> PipesimError:
 def _load_json_object(path: Path, what: str) -> tuple[dict[str, Any], list[str]]:
     """The top-level object of a JSON file, and the keys that appear in it more than once."""
     text = _read_text(path, what)
+    _check_nesting(path, text, what)
     repeated: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -313,17 +395,20 @@ def _load_json_object(path: Path, what: str) -> tuple[dict[str, Any], list[str]]
         return result
 
     try:
-        data = json.loads(text, object_pairs_hook=pairs)
+        data = json.loads(text, object_pairs_hook=pairs, parse_int=_integer)
     except json.JSONDecodeError as exc:
         raise PipesimError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); fix the {what}") from None
     except (RecursionError, ValueError) as exc:
         raise _parse_failure(path, what, exc) from None
     if not isinstance(data, dict):
         raise PipesimError(f"{path}: the {what} must be a JSON object of key: value pairs")
+    _check_no_huge_integer(path, data)
     return data, repeated
 
 
 def _number(path: Path, key: str, value: Any, integer: bool = False) -> float | int:
+    if isinstance(value, HugeInteger):
+        raise PipesimError(f"{path}: {key}: an integer of {value.digits} digits is no value of this field")
     # bool is an int in Python; ASTRA-Sim's JSON reader would not take true/false for a number either.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PipesimError(f"{path}: {key}: expected a number, got {_show(value)}")
@@ -364,6 +449,15 @@ class _NetworkYamlLoader(yaml.SafeLoader):
     network.yml with, takes them as numbers, while YAML 1.1 (PyYAML) would read them as strings."""
 
 
+def _construct_yaml_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | HugeInteger:
+    text = str(loader.construct_scalar(node))
+    digits = len(text.lstrip("+-").replace("_", ""))
+    if digits > MAX_INTEGER_DIGITS:
+        return HugeInteger(digits)
+    return loader.construct_yaml_int(node)
+
+
+_NetworkYamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_yaml_int)
 _NetworkYamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -371,47 +465,12 @@ _NetworkYamlLoader.add_implicit_resolver(
 )
 
 
-# network.yml holds flat lists: a few levels of [ ] / { }. PyYAML's scanner is quadratic in the flow depth
-# (a 1000-deep file takes a second) and recursive in the composer, so deeper text is refused before parsing.
-MAX_FLOW_DEPTH = 16
-
-
-def _flow_depth(text: str) -> int:
-    """The deepest nesting of YAML flow collections in `text`, skipping quoted scalars and comments."""
-    depth = deepest = 0
-    quote = ""
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if quote:
-            if char == "\\" and quote == '"':
-                index += 1
-            elif char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-        elif char == "#" and (index == 0 or text[index - 1] in " \t\n"):
-            newline = text.find("\n", index)
-            index = len(text) if newline < 0 else newline
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-        index += 1
-    return deepest
-
-
 def load_network(path: Path | str) -> NetworkConfig:
     """network.yml of the analytical backend: topology, npus_count, bandwidth, latency (one entry per dim)."""
     path = Path(path)
     what = "network config (network.yml)"
     text = _read_text(path, what)
-    if _flow_depth(text) > MAX_FLOW_DEPTH:
-        raise PipesimError(
-            f"{path}: nested too deeply to read (over {MAX_FLOW_DEPTH} levels of [ ] or {{ }}); "
-            f"the {what} holds flat lists"
-        )
+    _check_nesting(path, text, what)
     try:
         data = yaml.load(text, Loader=_NetworkYamlLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -422,6 +481,7 @@ def load_network(path: Path | str) -> NetworkConfig:
         raise _parse_failure(path, what, exc) from None
     if not isinstance(data, dict):
         raise PipesimError(f"{path}: expected keys topology, npus_count, bandwidth, latency (a YAML mapping)")
+    _check_no_huge_integer(path, data)
     for key in ("topology", "npus_count", "bandwidth", "latency"):
         if key not in data:
             raise PipesimError(f"{path}: missing key '{key}' (one entry per network dimension)")
