@@ -135,19 +135,29 @@ def test_generator_is_seeded_and_deterministic():
     assert [r.arrival_ns for r in other] != [r.arrival_ns for r in first]
 
 
+def _gaps_s(requests) -> list[float]:
+    times = [0] + [r.arrival_ns for r in requests]
+    return [(b - a) / 1e9 for a, b in zip(times, times[1:], strict=False)]
+
+
 def test_poisson_and_gamma_arrivals():
     n = 4000
     poisson = generate_workload(WorkloadSpec(num_requests=n, rate=10.0, input_len=4, output_len=1, token_ids=False))
-    gaps = [(b.arrival_ns - a.arrival_ns) / 1e9 for a, b in zip(poisson, poisson[1:], strict=False)]
-    assert poisson[0].arrival_ns == 0
-    assert statistics.fmean(gaps) == pytest.approx(0.1, rel=0.05)
+    gaps = _gaps_s(poisson)
+    assert poisson[0].arrival_ns > 0  # vLLM bench: the first request waits a gap too
+    assert poisson[-1].arrival_ns == 400_000_000_000  # scaled so the last arrives at n / rate exactly
+    assert statistics.fmean(gaps) == pytest.approx(0.1)
     assert statistics.stdev(gaps) / statistics.fmean(gaps) == pytest.approx(1.0, rel=0.08)  # exponential: CV 1
     bursty = generate_workload(
         WorkloadSpec(num_requests=n, rate=10.0, arrival="gamma", burstiness=0.25, input_len=4, token_ids=False)
     )
-    gaps = [(b.arrival_ns - a.arrival_ns) / 1e9 for a, b in zip(bursty, bursty[1:], strict=False)]
-    assert statistics.fmean(gaps) == pytest.approx(0.1, rel=0.1)
+    gaps = _gaps_s(bursty)
+    assert bursty[-1].arrival_ns == 400_000_000_000
     assert statistics.stdev(gaps) / statistics.fmean(gaps) == pytest.approx(2.0, rel=0.12)  # CV = 1/sqrt(0.25)
+    even = generate_workload(
+        WorkloadSpec(num_requests=4, rate=2.0, arrival="gamma", burstiness=math.inf, input_len=4, token_ids=False)
+    )
+    assert [r.arrival_ns for r in even] == [500_000_000, 1_000_000_000, 1_500_000_000, 2_000_000_000]
     at_once = generate_workload(WorkloadSpec(num_requests=3, input_len=4, token_ids=False))
     assert [r.arrival_ns for r in at_once] == [0, 0, 0]  # rate inf
 

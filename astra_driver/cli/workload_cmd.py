@@ -33,7 +33,8 @@ def workload(
     rate: Annotated[float, typer.Option("--rate", help="Requests per second; inf: all arrive at time 0.")] = 10.0,
     arrival: Annotated[str, typer.Option("--arrival", help="poisson or gamma.")] = "poisson",
     burstiness: Annotated[
-        float, typer.Option("--burstiness", help="Gamma shape (vLLM bench's burstiness): 1 Poisson, < 1 burstier.")
+        float,
+        typer.Option("--burstiness", help="Gamma shape (vLLM bench's burstiness): 1 Poisson, < 1 burstier, inf even."),
     ] = 1.0,
     input_len: Annotated[int, typer.Option("--input-len", help="Prompt tokens (the mean for random lengths).")] = 1024,
     output_len: Annotated[int, typer.Option("--output-len", help="Output tokens (the mean for random lengths).")] = 128,

@@ -8,6 +8,7 @@ does). See docs/serving.md, "Workloads".
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -157,7 +158,7 @@ class WorkloadSpec:
     num_requests: int
     rate: float = math.inf  # requests per second; inf: all arrive at time 0
     arrival: str = "poisson"  # or "gamma" (vLLM benchmark's burstiness as the shape)
-    burstiness: float = 1.0  # gamma shape; 1 is Poisson, < 1 burstier (CV = 1/sqrt(burstiness))
+    burstiness: float = 1.0  # gamma shape; 1 is Poisson, < 1 burstier (CV = 1/sqrt(burstiness)), inf even gaps
     input_len: int = 1024
     output_len: int = 128
     length_dist: str = "fixed"  # "uniform": [len*(1-r), len*(1+r)]; "lognormal": mean len, log-sd sigma
@@ -177,8 +178,8 @@ class WorkloadSpec:
             raise PipesimError(f"--rate: {self.rate} requests/s; give a rate > 0 (inf: all at time 0)")
         if self.arrival not in ARRIVALS:
             raise PipesimError(f"--arrival: {self.arrival!r} is not an arrival process; use {' or '.join(ARRIVALS)}")
-        if not (self.burstiness > 0) or not math.isfinite(self.burstiness):
-            raise PipesimError(f"--burstiness: {self.burstiness}; give a finite gamma shape > 0 (1 is Poisson)")
+        if not (self.burstiness > 0):
+            raise PipesimError(f"--burstiness: {self.burstiness}; give a gamma shape > 0 (1 is Poisson, inf even gaps)")
         if self.arrival == "poisson" and self.burstiness != 1.0:
             raise PipesimError("--burstiness: only gamma arrivals have a burstiness; add --arrival gamma")
         if self.length_dist not in LENGTH_DISTRIBUTIONS:
@@ -226,18 +227,22 @@ def generate_workload(spec: WorkloadSpec) -> list[Request]:
 
 
 def _arrival_times_ns(spec: WorkloadSpec, rng: random.Random) -> list[int]:
-    """vLLM benchmark's arrivals: the first request at 0, then gaps drawn from a gamma distribution with shape
-    `burstiness` and mean 1/rate (exponential, i.e. Poisson, for shape 1)."""
+    """vLLM benchmark's arrivals (vllm/benchmarks/serve.py, get_request): every request, the first included, waits a
+    gap drawn from a gamma distribution with shape `burstiness` and mean 1/rate (exponential, i.e. Poisson, for shape
+    1; constant for an infinite shape); the cumulative times are then scaled so the last request arrives at exactly
+    num_requests / rate, as vLLM does to steady the throughput across seeds."""
+    n = spec.num_requests
     if math.isinf(spec.rate):
-        return [0] * spec.num_requests
+        return [0] * n
     shape = spec.burstiness if spec.arrival == "gamma" else 1.0
-    scale = 1.0 / (spec.rate * shape)
-    times, t = [], 0.0
-    for i in range(spec.num_requests):
-        if i > 0:
-            t += rng.gammavariate(shape, scale)
-        times.append(round(t * 1e9))
-    return times
+    if math.isinf(shape):
+        gaps = [1.0 / spec.rate] * n
+    else:
+        scale = 1.0 / (spec.rate * shape)
+        gaps = [rng.gammavariate(shape, scale) for _ in range(n)]
+    times = list(itertools.accumulate(gaps))
+    factor = (n / spec.rate) / times[-1] if times[-1] > 0 else 1.0
+    return [round(t * factor * 1e9) for t in times]
 
 
 def _lengths(spec: WorkloadSpec, rng: random.Random) -> list[tuple[int, int]]:
