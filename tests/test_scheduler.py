@@ -331,3 +331,24 @@ def test_preempted_while_in_flight_its_work_is_discarded_and_it_waits_for_that_b
     assert [(e.request_id, e.num_new_tokens, e.num_context_tokens) for e in batch4.entries] == [(1, 32, 0)]
     s.finish_batch(batch4, 50)
     assert a.token_times_ns == [50] and a.first_scheduled_ns == 1
+
+
+def test_admit_transferred_runs_as_a_decode():
+    s = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=1), num_gpu_blocks=5)  # 4 usable
+    r = _req(0, 40, 3)
+    r.num_generated, r.token_times_ns, r.first_scheduled_ns = 1, [7], 0  # the prefill instance made token 1
+    assert s.admit_transferred(r)
+    assert s.kv.num_blocks_of(r) == 3 and r.num_computed_tokens == 40
+    other = _req(1, 10, 3)
+    other.num_generated = 1
+    assert not s.admit_transferred(other)  # max_num_seqs 1: no seat
+    batch = s.schedule(10)
+    assert [(e.request_id, e.num_new_tokens, e.num_context_tokens, e.is_prefill) for e in batch.entries] == [
+        (0, 1, 40, False)
+    ]
+    s.finish_batch(batch, 20)
+    s.finish_batch(s.schedule(20), 30)
+    assert r.is_finished and r.token_times_ns == [7, 20, 30] and s.stats.kv_blocks_in_use == 0
+    big = _req(2, 70, 2)
+    big.num_generated = 1
+    assert not s.admit_transferred(big) and big.num_computed_tokens == 0  # 5 blocks > 4

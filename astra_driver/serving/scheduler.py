@@ -170,6 +170,26 @@ class Scheduler:
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
+    def admit_transferred(self, request: Request) -> bool:
+        """P/D decode side: admit a request whose prompt KV arrived from a prefill instance (its first token already
+        generated there): it takes blocks for its prompt and runs as a decode from the next step. False (nothing
+        changed) while it finds no seat (max_num_seqs) or too few free blocks; the caller retries after a batch."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return False
+        if request.request_id in self.requests:
+            raise PipesimError(f"{request.describe()}: request id {request.request_id} is already on this instance")
+        computed = request.num_computed_tokens
+        request.num_computed_tokens = 0
+        if self.kv.allocate_slots(request, request.input_tokens) is None:
+            request.num_computed_tokens = computed
+            return False
+        request.num_computed_tokens = request.input_tokens
+        request.status = RequestStatus.RUNNING
+        self.requests[request.request_id] = request
+        self.running.append(request)
+        self._peak_blocks = max(self._peak_blocks, self.kv.pool.num_used_blocks)
+        return True
+
     # -- one step -------------------------------------------------------------------------------------------------
 
     @property
