@@ -62,6 +62,8 @@ _VERB_MODULES = {
     "train": "train_cmd",
     "workload": "workload_cmd",
     "schedule": "schedule_cmd",
+    "run": "serving_cmd",
+    "simulate": "serving_cmd",
 }
 
 

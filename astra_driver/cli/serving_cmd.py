@@ -1,0 +1,114 @@
+"""`pipesim run` and `pipesim simulate`: a serving run on the cluster, and the replay of its kept traces.
+
+pipesim run --cluster-config configs/cluster/single_node_pp_instance.json --dtype float16 --block-size 16 \
+    --dataset configs/workloads/example_trace.jsonl --output outputs/pp2_run.csv --log-interval 1.0
+pipesim run ... --keep-traces traces/pp2_run      # every iteration's .et and a manifest
+pipesim simulate traces/pp2_run [--backend builtin|astra-sim|docker]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from astra_driver.cli import app
+from astra_driver.serving.run_job import DEFAULT_DTYPE, RunRequest, serve
+from astra_driver.serving.run_job import simulate as simulate_job
+
+
+@app.command()
+def run(
+    cluster_config: Annotated[Path, typer.Option("--cluster-config", help="Cluster config JSON (seed format).")],
+    dataset: Annotated[Path, typer.Option("--dataset", help="Requests, LLMServingSim JSONL.")],
+    output: Annotated[Path | None, typer.Option("--output", help="Per-request CSV (LLMServingSim's columns).")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float16, bfloat16 or fp8.")] = DEFAULT_DTYPE,
+    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV-cache block.")] = 16,
+    max_num_batched_tokens: Annotated[
+        int | None, typer.Option("--max-num-batched-tokens", help="Token budget per step (default: vLLM 0.19's).")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option("--max-num-seqs", help="Running requests per instance (default: vLLM 0.19's).")
+    ] = None,
+    num_gpu_blocks: Annotated[
+        int | None, typer.Option("--num-gpu-blocks", help="KV blocks per instance (default: from NPU memory).")
+    ] = None,
+    enable_prefix_caching: Annotated[
+        bool,
+        typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="Prefix caching on token ids."),
+    ] = True,
+    routing: Annotated[
+        str, typer.Option("--routing", help="round_robin, least_loaded or random (with --seed).")
+    ] = "round_robin",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random router.")] = 0,
+    profile_dir: Annotated[
+        Path | None, typer.Option("--profile-dir", help="Measured profile bundle instead of the roofline.")
+    ] = None,
+    log_interval: Annotated[
+        float | None, typer.Option("--log-interval", help="Print a throughput line every this many simulated s.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    keep_traces: Annotated[
+        Path | None, typer.Option("--keep-traces", help="Folder for every iteration's .et and a manifest.")
+    ] = None,
+) -> None:
+    """Simulate serving a dataset on a cluster: vLLM v1 scheduling, graphs on the builtin engine."""
+    request = RunRequest(
+        cluster_config=cluster_config,
+        dataset=dataset,
+        output=output,
+        dtype=dtype,
+        block_size=block_size,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        num_gpu_blocks=num_gpu_blocks,
+        enable_prefix_caching=enable_prefix_caching,
+        routing=routing,
+        seed=seed,
+        profile_dir=profile_dir,
+        log_interval_s=log_interval,
+        keep_traces=keep_traces,
+    )
+
+    def emit(line: str) -> None:  # with --json, stdout holds the JSON alone
+        print(line, file=sys.stderr if json_output else sys.stdout, flush=True)
+
+    outcome = serve(request, emit=emit)
+    if json_output:
+        typer.echo(outcome.summary.to_json_text(), nl=False)
+    else:
+        typer.echo(outcome.summary.format())
+        if output is not None:
+            typer.echo(f"wrote {output} ({outcome.summary.completed} requests)")
+        if keep_traces is not None:
+            typer.echo(f"wrote {keep_traces}/ ({len(outcome.result.iterations)} iterations)")
+
+
+@app.command()
+def simulate(
+    directory: Annotated[Path, typer.Argument(help="Folder written by `pipesim run --keep-traces`.")],
+    backend: Annotated[str, typer.Option("--backend", help="builtin, astra-sim or docker.")] = "builtin",
+    astra_sim_bin: Annotated[
+        str | None, typer.Option("--astra-sim-bin", help="ASTRA-Sim binary (default $ASTRA_SIM_BIN).")
+    ] = None,
+    docker_image: Annotated[
+        str | None, typer.Option("--docker-image", help="Image with ASTRA-Sim (default $PIPESIM_DOCKER_IMAGE).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Per-request CSV of the replay.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Replay a run's kept traces on a backend and recompute its serving metrics."""
+    from astra_driver.backends import BackendOptions
+
+    options = BackendOptions(astra_sim_bin=astra_sim_bin, docker_image=docker_image)
+    result, summary, manifest = simulate_job(directory, backend, output, options)
+    if json_output:
+        typer.echo(summary.to_json_text(), nl=False)
+        return
+    typer.echo(
+        f"{directory}: {len(result.iterations)} iterations replayed on {backend}; largest difference from the run's "
+        f"iteration ends {result.max_abs_diff_ns} ns"
+    )
+    typer.echo(summary.format())

@@ -1,0 +1,124 @@
+"""What `pipesim run` and `pipesim simulate` do, as library calls the tests use directly.
+
+run:      cluster config + dataset + scheduler flags -> the serving loop -> per-request CSV (--output), interval
+          rows beside it (<output>.log.csv), the summary; --keep-traces DIR also writes the run's traces.
+simulate: a --keep-traces folder -> replayed on a backend -> the same outputs, recomputed.
+Nothing is written unless the run succeeds: outputs are written atomically at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from astra_driver.cluster_config import load_cluster_config
+from astra_driver.paths import check_output_path
+from astra_driver.serving.loop import ServingResult, ServingRunConfig, run_serving
+from astra_driver.serving.metrics import (
+    NS_PER_S,
+    ServingSummary,
+    interval_log_path,
+    summarize,
+    write_interval_csv,
+    write_requests_csv,
+)
+from astra_driver.serving.progress import ServingProgress
+from astra_driver.serving.workload import load_workload
+from llm_converter.errors import PipesimError
+
+DEFAULT_DTYPE = "float16"
+
+
+@dataclass
+class RunRequest:
+    """The flags of `pipesim run`."""
+
+    cluster_config: Path
+    dataset: Path
+    output: Path | None = None
+    dtype: str = DEFAULT_DTYPE
+    block_size: int = 16
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    num_gpu_blocks: int | None = None
+    enable_prefix_caching: bool = True
+    routing: str = "round_robin"
+    seed: int = 0
+    profile_dir: Path | None = None
+    log_interval_s: float | None = None
+    keep_traces: Path | None = None
+    show_progress: bool | None = None  # None: on a terminal only
+
+
+@dataclass
+class RunOutcome:
+    result: ServingResult
+    summary: ServingSummary
+
+
+def check_flags(request: RunRequest) -> None:
+    for flag, value in (
+        ("--block-size", request.block_size),
+        ("--max-num-batched-tokens", request.max_num_batched_tokens),
+        ("--max-num-seqs", request.max_num_seqs),
+    ):
+        if value is not None and value < 1:
+            raise PipesimError(f"{flag} {value}: must be >= 1")
+    if request.log_interval_s is not None and not request.log_interval_s > 0:
+        raise PipesimError(f"--log-interval {request.log_interval_s:g}: must be > 0 seconds of simulated time")
+
+
+def serve(request: RunRequest, emit: Callable[[str], None] | None = None) -> RunOutcome:
+    """Run the serving simulation and write the outputs; `emit` receives the interval log lines."""
+    check_flags(request)
+    if request.output is not None:
+        check_output_path(request.output, "--output")
+    if request.keep_traces is not None:
+        check_output_path(request.keep_traces, "--keep-traces", folder=True)
+    cluster = load_cluster_config(request.cluster_config, dtype=request.dtype)
+    requests = load_workload(request.dataset)
+    interval_ns = round(request.log_interval_s * NS_PER_S) if request.log_interval_s else None
+    with ServingProgress(len(requests), enabled=request.show_progress) as progress:
+        config = ServingRunConfig(
+            cluster=cluster,
+            requests=requests,
+            max_num_batched_tokens=request.max_num_batched_tokens,
+            max_num_seqs=request.max_num_seqs,
+            block_size=request.block_size,
+            num_gpu_blocks=request.num_gpu_blocks,
+            enable_prefix_caching=request.enable_prefix_caching,
+            routing=request.routing,
+            seed=request.seed,
+            profile_dir=request.profile_dir,
+            log_interval_ns=interval_ns,
+            emit=emit,
+            keep_traces_dir=request.keep_traces,
+            progress=progress.update if progress.enabled else None,
+        )
+        result = run_serving(config)
+    if request.output is not None:
+        names = {inst.instance_id: inst.model_name for inst in result.instances}
+        write_requests_csv(request.output, result.requests, names)
+        if result.interval_log is not None:
+            write_interval_csv(interval_log_path(request.output), result.interval_log.rows)
+    return RunOutcome(result, summarize(result))
+
+
+def simulate(
+    directory: Path,
+    backend: str = "builtin",
+    output: Path | None = None,
+    options: object = None,
+):
+    """Replay a --keep-traces folder and recompute the metrics (and the per-request CSV when `output`)."""
+    from astra_driver.serving.traces import read_manifest, simulate_traces
+
+    if output is not None:
+        check_output_path(output, "--output")
+    result = simulate_traces(directory, backend, options)
+    if output is not None:
+        names = {inst.instance_id: inst.model_name for inst in result.instances}
+        write_requests_csv(output, result.requests, names)
+    manifest = read_manifest(directory)
+    return result, summarize(result), manifest
