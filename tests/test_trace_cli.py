@@ -433,3 +433,19 @@ def test_makefile_calls_pipesim_through_python(tmp_path: Path) -> None:
     commands = [line for line in dry.stdout.splitlines() if line and not line.startswith(("make", " "))]
     assert len(commands) == 2
     assert all(line.startswith("py -m astra_driver.cli ") for line in commands), commands
+
+
+def test_fake_binaries_log_beside_themselves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 6 item 6: the suite left log/args.txt in the checkout: a fake `docker` (tests/fixtures/fake_astra.py's
+    write_script) run without --logging-folder logged to ./log, the checkout when pytest runs there."""
+    import subprocess
+
+    from tests.fixtures.fake_astra import write_script
+
+    docker = write_script(tmp_path / "bin" / "docker", "exit 1")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    subprocess.run([str(docker), "image", "inspect", "astra:good"], check=False)
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "bin" / "log" / "args.txt").read_text().split() == ["image", "inspect", "astra:good"]
