@@ -315,11 +315,14 @@ def test_a_deadlocking_schedule_names_the_stuck_actions() -> None:
 def test_structure_errors() -> None:
     a = Action.parse
     missing_w = PipelineSchedule("c", 1, 1, 1, (0,), ((a("0F0"), a("0I0")),))
-    with pytest.raises(PipesimError, match="stage 0 microbatch 0 has no W; add 0W0"):
+    with pytest.raises(PipesimError, match="stage 0 microbatch 0 has half a split backward; add 0W0"):
         validate_schedule(missing_w)
     twice = PipelineSchedule("c", 1, 1, 1, (0,), ((a("0F0"), a("0F0"), a("0B0")),))
     with pytest.raises(PipesimError, match="0F0 appears twice"):
         validate_schedule(twice)
+    no_backward = PipelineSchedule("c", 1, 1, 1, (0,), ((a("0F0"),),))
+    with pytest.raises(PipesimError, match="has no backward; add 0B0"):
+        validate_schedule(no_backward)
     both = PipelineSchedule("c", 1, 1, 1, (0,), ((a("0F0"), a("0B0"), a("0I0"), a("0W0")),))
     with pytest.raises(PipesimError, match="use B or I \\+ W"):
         validate_schedule(both)

@@ -117,23 +117,18 @@ def check_structure(schedule: PipelineSchedule, where: str | None = None) -> Non
             seen[action] = rank
     for stage in range(schedule.num_stages):
         for k in range(schedule.microbatches):
-            has = {c: Action(stage, c, k) in seen for c in Computation}
-            name = f"{stage}?{k}"
-            if not has[Computation.F]:
-                raise PipesimError(
-                    f"{prefix}{Action(stage, Computation.F, k)} is missing; every stage runs every microbatch's forward"
-                )
-            if has[Computation.B] and (has[Computation.I] or has[Computation.W]):
-                raise PipesimError(
-                    f"{prefix}{name.replace('?', 'B')} and a split I/W backward both given; use B or I + W"
-                )
-            if not has[Computation.B] and not (has[Computation.I] and has[Computation.W]):
-                lacking = (
-                    "B (or I and W)"
-                    if not (has[Computation.I] or has[Computation.W])
-                    else ("W" if has[Computation.I] else "I")
-                )
-                raise PipesimError(f"{prefix}stage {stage} microbatch {k} has no {lacking}; add {stage}{lacking[0]}{k}")
+            has_f, has_b, has_i, has_w = (
+                Action(stage, c, k) in seen for c in (Computation.F, Computation.B, Computation.I, Computation.W)
+            )
+            if not has_f:
+                raise PipesimError(f"{prefix}{stage}F{k} is missing; every stage runs every microbatch's forward")
+            if has_b and (has_i or has_w):
+                raise PipesimError(f"{prefix}{stage}B{k} and a split I/W backward both given; use B or I + W")
+            if not has_b and not (has_i and has_w):
+                if has_i or has_w:
+                    missing = f"{stage}W{k}" if has_i else f"{stage}I{k}"
+                    raise PipesimError(f"{prefix}stage {stage} microbatch {k} has half a split backward; add {missing}")
+                raise PipesimError(f"{prefix}stage {stage} microbatch {k} has no backward; add {stage}B{k}")
 
 
 def _dependencies(
