@@ -173,11 +173,16 @@ def test_group_ids_compare_as_integers_as_astra_sim_reads_them() -> None:
 
 def test_pg_name_without_any_groups_file_is_a_problem() -> None:
     """convert wrote TP collectives with pg_name but no groups file: replay refuses it, so validate must."""
-    messages = _messages(_one_collective_per_rank(["1", "1"], {}))
+    messages = _messages(_one_collective_per_rank(["1", "1", "2", "2"], {}))
     assert messages == [
-        f"rank {rank} node 0: pg_name '1' names no communicator group: no comm-group file was given "
-        "(--comm-group-configuration, or comm_groups.json beside the traces)"
-        for rank in (0, 1)
+        "rank 0 node 0: pg_name '1' names no communicator group: no comm-group file was given "
+        "(--comm-group-configuration, or comm_groups.json beside the traces); 2 pg_name(s) ('1', '2') on 4 rank(s) "
+        "need one"
+    ]
+    with_file = _messages(_one_collective_per_rank(["1", "1", "2", "3"], {"1": [0, 1]}))
+    assert with_file == [
+        "rank 2 node 0: pg_name '2' is not a group of the comm-group file (used on ranks 2)",
+        "rank 3 node 0: pg_name '3' is not a group of the comm-group file (used on ranks 3)",
     ]
     assert validate_workload(_one_collective_per_rank(["0", ""], {})).ok  # the default group needs no file
 

@@ -274,6 +274,7 @@ def _check_collectives(workload: Workload, report: ValidationReport) -> None:
     groups = {DEFAULT_GROUP: list(range(npus))}
     groups.update({group_key(name): list(ranks) for name, ranks in workload.comm_groups.items()})
     sequences: dict[str, dict[int, list[tuple[int, int, int]]]] = defaultdict(dict)
+    unknown: dict[str, list[tuple[int, int]]] = defaultdict(list)  # pg_name -> (rank, first node) using it
     for graph in workload.graphs:
         per_group: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
         for node in graph.nodes:
@@ -284,19 +285,13 @@ def _check_collectives(workload: Workload, report: ValidationReport) -> None:
         for name, sequence in per_group.items():
             members = groups.get(name)
             if members is None:
-                if workload.comm_groups:
-                    message = f"pg_name {name!r} is not a group of the comm-group file"
-                else:
-                    message = (
-                        f"pg_name {name!r} names no communicator group: no comm-group file was given "
-                        "(--comm-group-configuration, or comm_groups.json beside the traces)"
-                    )
-                report.problems.append(Problem(graph.rank, (sequence[0][2],), message))
+                unknown[name].append((graph.rank, sequence[0][2]))
                 continue
             sequences[name][graph.rank] = sequence
             if graph.rank not in members:
                 message = f"collective in group {name!r} [{name_first(members, 8)}], which excludes this rank"
                 report.problems.append(Problem(graph.rank, (sequence[0][2],), message))
+    _report_unknown_groups(unknown, bool(workload.comm_groups), report)
     for name, by_rank in sequences.items():
         members = groups[name]
         reference_rank = next((r for r in members if r in by_rank), None)
@@ -321,6 +316,29 @@ def _check_collectives(workload: Workload, report: ValidationReport) -> None:
                     f"({len(mine)} vs {len(reference)} collectives)",
                 )
             )
+
+
+def _report_unknown_groups(
+    unknown: dict[str, list[tuple[int, int]]], have_file: bool, report: ValidationReport
+) -> None:
+    """One problem per pg_name missing from the groups file; one in all when there is no file (a TP trace without
+    its groups would otherwise repeat it on every rank)."""
+    if not unknown:
+        return
+    if have_file:
+        for name, users in unknown.items():
+            ranks = name_first((rank for rank, _ in users), 8)
+            message = f"pg_name {name!r} is not a group of the comm-group file (used on ranks {ranks})"
+            report.problems.append(Problem(users[0][0], (users[0][1],), message))
+        return
+    name, users = next(iter(unknown.items()))
+    ranks = {rank for users in unknown.values() for rank, _ in users}
+    names = name_first((repr(n) for n in unknown), 5)
+    message = (
+        f"pg_name {name!r} names no communicator group: no comm-group file was given (--comm-group-configuration, "
+        f"or comm_groups.json beside the traces); {len(unknown)} pg_name(s) ({names}) on {len(ranks)} rank(s) need one"
+    )
+    report.problems.append(Problem(users[0][0], (users[0][1],), message))
 
 
 def _describe(sequence: list[tuple[int, int]], index: int) -> str:
