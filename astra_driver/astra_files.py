@@ -42,6 +42,7 @@ from astra_driver.astra_config import (
     check_astra_config,
 )
 from astra_driver.cluster_config import ClusterConfig, InstanceConfig, PlacedInstance
+from llm_converter.comm_groups import parse_group_id
 from llm_converter.errors import PipesimError
 from llm_converter.io import write_atomic
 
@@ -88,8 +89,14 @@ def astra_config_for_instance(
             remote_mem_latency=float(cpu_mem.mem_latency),
             remote_mem_bw=float(cpu_mem.mem_bw),
         )
-    groups = {str(name): list(ranks) for name, ranks in (comm_groups or {}).items()}
+    # Group ids as ASTRA-Sim reads them ("01" is group 1); a key that is no id is left for the checks to refuse.
+    groups = {_group_id(str(name)): list(ranks) for name, ranks in (comm_groups or {}).items()}
     return AstraConfig(network=network, system=system, memory=memory, comm_groups=groups)
+
+
+def _group_id(name: str) -> str:
+    value = parse_group_id(name)
+    return name if value is None else str(value)
 
 
 def instance_network(cluster: ClusterConfig, placed: PlacedInstance) -> NetworkConfig:

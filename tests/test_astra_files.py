@@ -321,3 +321,11 @@ def test_two_node_instance_sends_across_nodes_on_the_cluster_link() -> None:
     h100 = get_hardware("H100-SXM")
     expected = _message_ns(h100.interconnect_gbps, h100.interconnect_latency_ns)
     assert across - inside == _message_ns(50, 5000) - expected
+
+
+def test_group_ids_are_written_as_the_integers_astra_sim_reads(tmp_path: Path) -> None:
+    cluster = load_cluster_config(CLUSTER_DIR / "tp2_pp2.json")
+    config = astra_config_for_instance(cluster, 0, {"01": [0, 1], "2": [2, 3]})
+    assert config.comm_groups == {"1": [0, 1], "2": [2, 3]}
+    paths = write_astra_files(tmp_path, config)
+    assert json.loads(paths["comm_groups"].read_text()) == {"1": [0, 1], "2": [2, 3]}

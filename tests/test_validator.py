@@ -229,3 +229,13 @@ def test_collective_waiting_on_a_recv_behind_the_other_collective() -> None:
         "first: node 0 'ar' collective #0 of the default group waits for ranks [0], which never reach it"
         in (messages[1])
     )
+
+
+def test_send_to_its_own_rank_is_refused_as_replay_refuses_it() -> None:
+    builder = GraphBuilder(0)
+    builder.recv("recv", src=0, tag=1, size=8, deps=[builder.send("send", dst=0, tag=1, size=8)])
+    assert _messages(Workload([builder.graph, GraphBuilder(1).graph])) == [
+        "rank 1: the file has no nodes; ASTRA-Sim aborts at load",
+        "rank 0 node 0: send to its own rank; replay refuses it (a peer must be another NPU)",
+        "rank 0 node 1: recv from its own rank; replay refuses it (a peer must be another NPU)",
+    ]

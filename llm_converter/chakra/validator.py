@@ -234,11 +234,17 @@ def _check_send_recv(workload: Workload, report: ValidationReport) -> None:
                 if not 0 <= node.comm_dst < npus:
                     message = f"send to rank {node.comm_dst}, outside 0..{npus - 1}"
                     report.problems.append(Problem(rank, (node.id,), message))
+                elif node.comm_dst == rank:
+                    message = "send to its own rank; replay refuses it (a peer must be another NPU)"
+                    report.problems.append(Problem(rank, (node.id,), message))
                 key = (rank, node.comm_dst, node.comm_tag % TAG_MODULUS, node.comm_size)
                 sends[key].append((rank, node.id))
             elif node.type == NodeType.COMM_RECV_NODE and None not in (node.comm_src, node.comm_tag, node.comm_size):
                 if not 0 <= node.comm_src < npus:
                     message = f"recv from rank {node.comm_src}, outside 0..{npus - 1}"
+                    report.problems.append(Problem(rank, (node.id,), message))
+                elif node.comm_src == rank:
+                    message = "recv from its own rank; replay refuses it (a peer must be another NPU)"
                     report.problems.append(Problem(rank, (node.id,), message))
                 key = (node.comm_src, rank, node.comm_tag % TAG_MODULUS, node.comm_size)
                 recvs[key].append((rank, node.id))
