@@ -34,6 +34,7 @@ def test_block_zero_is_the_null_block():
     pool = KVBlockPool(8, enable_caching=True)
     assert pool.num_usable_blocks == 7 and pool.num_free_blocks == 7
     assert [b.block_id for b in pool.get_new_blocks(2)] == [1, 2]
+    assert pool.free_block_ids() == [3, 4, 5, 6, 7]
     assert pool.num_used_blocks == 2
     with pytest.raises(ValueError):
         pool.get_new_blocks(6)
@@ -84,7 +85,7 @@ def test_freeing_tail_first_and_lru_eviction_order():
     assert [b.block_id for b in kv.req_to_blocks[0]] == [1, 2, 3]
     _finish(kv, a)
     # Free queue: the untouched block 4, then a's blocks tail first (3, 2, 1).
-    assert list(kv.pool.free_queue) == [4, 3, 2, 1]
+    assert kv.pool.free_block_ids() == [4, 3, 2, 1]
     assert kv.pool.num_used_blocks == 0
     d = _req(1, list(range(2000, 2032)))  # takes blocks 4 and 3: a's last block is evicted
     _admit(kv, d)

@@ -50,12 +50,13 @@ class KVBlockPool:
             )
         self.num_gpu_blocks = num_gpu_blocks
         self.enable_caching = enable_caching
-        self.blocks = [KVBlock(i) for i in range(num_gpu_blocks)]
-        # Insertion-ordered: popitem(last=False) is the queue's front, O(1) removal from the middle (vLLM's
-        # doubly linked FreeKVCacheBlockQueue).
-        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
-        self.null_block = self.free_queue.popitem(last=False)[1]
-        self.null_block.is_null = True
+        self.null_block = KVBlock(0, is_null=True)
+        # vLLM's FreeKVCacheBlockQueue starts as blocks 1..N-1 in id order, and a freed block joins its back, so the
+        # never-used blocks always form the front of the queue: they are kept as a counter (block objects are made
+        # when first taken; a 75,000-block cache costs nothing up front), the freed ones in an insertion-ordered
+        # dict (popitem(last=False) is the front; O(1) removal from the middle, as vLLM's doubly linked list).
+        self._next_fresh = 1
+        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict()
         # vLLM's BlockHashToBlockMap: two requests may compute the same block at once; both copies are cached and a
         # lookup returns the first one still there.
         self.cached: dict[int, dict[int, KVBlock]] = {}
@@ -67,12 +68,16 @@ class KVBlockPool:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_queue)
+        return self.num_gpu_blocks - self._next_fresh + len(self.free_queue)
 
     @property
     def num_used_blocks(self) -> int:
         """Blocks some request holds (ref_cnt > 0)."""
-        return self.num_usable_blocks - len(self.free_queue)
+        return self.num_usable_blocks - self.num_free_blocks
+
+    def free_block_ids(self) -> list[int]:
+        """The free queue, front (next taken) first."""
+        return list(range(self._next_fresh, self.num_gpu_blocks)) + list(self.free_queue)
 
     def get_cached_block(self, block_hash: int) -> KVBlock | None:
         copies = self.cached.get(block_hash)
@@ -82,10 +87,12 @@ class KVBlockPool:
 
     def get_new_blocks(self, count: int) -> list[KVBlock]:
         """Take `count` blocks from the front of the free queue, evicting their cached contents."""
-        if count > len(self.free_queue):
-            raise ValueError(f"cannot allocate {count} blocks with {len(self.free_queue)} free")
-        taken = []
-        for _ in range(count):
+        if count > self.num_free_blocks:
+            raise ValueError(f"cannot allocate {count} blocks with {self.num_free_blocks} free")
+        fresh = min(count, self.num_gpu_blocks - self._next_fresh)
+        taken = [KVBlock(i, ref_cnt=1) for i in range(self._next_fresh, self._next_fresh + fresh)]
+        self._next_fresh += fresh
+        for _ in range(count - fresh):
             block = self.free_queue.popitem(last=False)[1]
             if block.block_hash is not None:
                 self._evict(block)
@@ -253,7 +260,7 @@ class KVCacheManager:
         need = request.num_computed_tokens + num_new_tokens
         if need > len(blocks) * size:
             missing = (need + size - 1) // size - len(blocks)
-            if missing > len(self.pool.free_queue):
+            if missing > self.pool.num_free_blocks:
                 return False
             blocks.extend(self.pool.get_new_blocks(missing))
         if self.enable_caching and request.input_token_ids is not None:
