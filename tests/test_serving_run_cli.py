@@ -1,0 +1,109 @@
+"""`pipesim run` as a user types it: seed 000's command, its outputs, --json, flags, and bad input at run level
+(one line on stderr, exit 2, no output file left)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from astra_driver.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PP2 = REPO / "configs/cluster/single_node_pp_instance.json"
+DATASET = REPO / "configs/workloads/example_trace.jsonl"
+
+
+def _requests_in(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def test_seed_000_command_writes_csv_log_and_summary(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    command = [
+        sys.executable,
+        "-m",
+        "astra_driver.cli",
+        "run",
+        "--cluster-config",
+        "configs/cluster/single_node_pp_instance.json",
+        "--dtype",
+        "float16",
+        "--block-size",
+        "16",
+        "--dataset",
+        "configs/workloads/example_trace.jsonl",
+        "--output",
+        "outputs/pp2_run.csv",
+        "--log-interval",
+        "1.0",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    info = [line for line in lines if line.startswith("[INFO] step=")]
+    assert info and all("prompt_t=" in line and "decode_t=" in line and "npu_mem=" in line for line in info)
+    assert any("Serving Benchmark Result" in line for line in lines)
+    assert any("max in-flight batches" in line and "2 (pp 2)" in line for line in lines)
+    with (tmp_path / "outputs/pp2_run.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == _requests_in(DATASET)
+    assert rows[0].keys() >= {"instance id", "request id", "model", "TTFT", "TPOT", "ITL", "latency"}
+    assert (tmp_path / "outputs/pp2_run.log.csv").is_file()
+    assert done.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_json_summary_has_max_inflight_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--cluster-config", str(PP2), "--dataset", str(DATASET), "--json", "--max-num-seqs", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["completed"] == _requests_in(DATASET)
+    assert summary["instances"][0]["max_inflight_batches"] == 2
+    assert summary["instances"][0]["pp_size"] == 2
+    assert summary["mean_ttft_ms"] > 0
+
+
+def test_prefix_caching_flag_changes_the_hit_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    rates = []
+    for flag in ("--enable-prefix-caching", "--no-enable-prefix-caching"):
+        assert main(["run", "--cluster-config", str(PP2), "--dataset", str(DATASET), "--json", flag]) == 0
+        rates.append(json.loads(capsys.readouterr().out)["prefix_cache_hit_rate"])
+    assert rates[1] == 0.0 and rates[0] >= 0.0
+
+
+def _bad(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    output = tmp_path / "out.csv"
+    code = main(["run", "--dataset", str(DATASET), "--output", str(output), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert not output.exists()
+    assert not list(tmp_path.iterdir())  # nothing left over, no half-written traces either
+    return err
+
+
+def test_request_that_cannot_fit_the_kv_cache_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _bad(tmp_path, capsys, "--cluster-config", str(PP2), "--num-gpu-blocks", "3")
+    assert "KV blocks" in err
+
+
+def test_cluster_the_scheduler_cannot_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    document = json.loads(PP2.read_text())
+    # 8.03 GB of weights per stage fit in 8.9228 GB x 0.9, but not one more 1 MB KV block
+    document["nodes"][0]["instances"][0]["npu_mem"]["mem_size"] = 8.9228
+    config = tmp_path.parent / f"{tmp_path.name}-cluster.json"
+    config.write_text(json.dumps(document))
+    err = _bad(tmp_path, capsys, "--cluster-config", str(config), "--keep-traces", str(tmp_path / "traces"))
+    assert "npu_mem" in err
+
+
+def test_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--routing" in _bad(tmp_path, capsys, "--cluster-config", str(PP2), "--routing", "fastest")
+    assert "--log-interval" in _bad(tmp_path, capsys, "--cluster-config", str(PP2), "--log-interval", "0")
+    assert "--block-size" in _bad(tmp_path, capsys, "--cluster-config", str(PP2), "--block-size", "0")
