@@ -29,6 +29,19 @@ from astra_driver.backends import (
 )
 from astra_driver.cli import app
 from astra_driver.paths import check_output_path
+from astra_driver.report.gantt import DEFAULT_MAX_ROWS
+from astra_driver.report.outputs import (
+    TimelineFlag,
+    TimelineMaxEventsFlag,
+    TimelineNpusFlag,
+    TimelinePngFlag,
+    TimelineRequest,
+    TimelineRowsFlag,
+    TimelineWindowFlag,
+    write_timelines,
+)
+from astra_driver.report.timeline import DEFAULT_MAX_EVENTS, node_facts
+from llm_converter.chakra.reader import read_workload
 from llm_converter.errors import PipesimError
 from llm_converter.io import write_atomic
 
@@ -57,6 +70,15 @@ def write_node_times(path: Path, result: BackendResult) -> None:
     if result.node_times is None:
         raise PipesimError(f"{path}: the {result.backend} backend returned no node times")
     write_atomic(path, node_times_csv(result.node_times).encode())
+
+
+def write_replay_timelines(request: TimelineRequest, run: ReplayRun, result: BackendResult) -> None:
+    """The timeline files of a replay: node times from the backend, bytes and peers from the workload's files."""
+    if result.node_times is None:
+        raise PipesimError(f"--timeline: the {result.backend} backend returned no node times")
+    facts = node_facts(read_workload(run.workload, npus=len(result.node_times))) if request.json_path else None
+    metadata = {"workload": str(run.workload), "backend": result.backend, "finish_ns": result.finish_ns}
+    write_timelines(request, result.node_times, facts=facts, metadata=metadata)
 
 
 # Named explicitly: the function must not shadow the library call `replay`.
@@ -114,6 +136,12 @@ def replay_command(
     logging_configuration: Annotated[
         Path | None, typer.Option("--logging-configuration", help="ASTRA-Sim's spdlog config (binaries only).")
     ] = None,
+    timeline: TimelineFlag = None,
+    timeline_png: TimelinePngFlag = None,
+    timeline_window: TimelineWindowFlag = None,
+    timeline_npus: TimelineNpusFlag = None,
+    timeline_max_events: TimelineMaxEventsFlag = DEFAULT_MAX_EVENTS,
+    timeline_rows: TimelineRowsFlag = DEFAULT_MAX_ROWS,
 ) -> None:
     """Run a workload like ASTRA-Sim and print its per-rank 'finished' lines."""
     if not (math.isfinite(timeout) and timeout >= 0):
@@ -125,6 +153,9 @@ def replay_command(
         check_output_path(node_times, "--node-times")
     if logging_folder is not None:
         check_output_path(logging_folder, "--logging-folder", folder=True)
+    timelines = TimelineRequest.from_flags(
+        timeline, timeline_png, timeline_window, timeline_npus, timeline_max_events, timeline_rows
+    )
     run = ReplayRun(
         workload=Path(workload_configuration),
         system=system_configuration,
@@ -133,7 +164,7 @@ def replay_command(
         comm_groups=comm_group_configuration,
         logging_folder=logging_folder,
         timeout_s=timeout or None,
-        record_node_times=node_times is not None,
+        record_node_times=node_times is not None or timelines.wanted,
         injection_scale=injection_scale,
         comm_scale=comm_scale,
         compute_scale=compute_scale,
@@ -145,6 +176,8 @@ def replay_command(
     result = replay(run, backend, options)
     if node_times is not None:
         write_node_times(node_times, result)
+    if timelines.wanted:
+        write_replay_timelines(timelines, run, result)
     if as_json:
         typer.echo(json.dumps({"finish_ns": result.finish_ns, "exposed_comm_ns": result.exposed_comm_ns}))
     else:

@@ -1,0 +1,1 @@
+"""What a run looks like: Chrome-trace timelines (timeline.py) and Gantt charts (gantt.py)."""
