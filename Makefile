@@ -27,6 +27,7 @@ test:
 bench:
 	$(PYTHON) scripts/bench_trace.py
 	$(PYTHON) scripts/bench_engine.py
+	$(PYTHON) scripts/bench_train.py
 	$(PYTHON) scripts/bench_serving.py
 
 lint:
