@@ -112,7 +112,7 @@ def _token_ids(row: dict[str, Any], field: str, count: int, where: str) -> tuple
     value = row.get(field)
     if value is None:
         return None
-    if not isinstance(value, list) or not all(type(t) is int for t in value):
+    if not isinstance(value, list) or not set(map(type, value)) <= {int}:  # bools and floats are not ids
         raise PipesimError(f"{where}: {field} must be a list of integer token ids")
     if len(value) != count:
         counted = "input_toks" if field == "input_tok_ids" else "output_toks"
