@@ -239,3 +239,20 @@ def test_send_to_its_own_rank_is_refused_as_replay_refuses_it() -> None:
         "rank 0 node 0: send to its own rank; replay refuses it (a peer must be another NPU)",
         "rank 0 node 1: recv from its own rank; replay refuses it (a peer must be another NPU)",
     ]
+
+
+def test_collectives_match_in_the_order_they_become_ready_as_the_engine_issues_them() -> None:
+    """Rank 0's first all-reduce in the file waits for its second one: ASTRA-Sim (and the engine) match by issue
+    order, so rank 0's second pairs with rank 1's first and both ranks finish. Not a wait cycle."""
+    from astra_driver.astra_config import AstraConfig, NetworkConfig
+    from astra_driver.engine import simulate
+
+    a = Graph(0, [Node(0, "ar_late", NodeType.COMM_COLL_NODE, [2], comm_type=0, comm_size=64)])
+    a.nodes.append(Node(1, "ar_early", NodeType.COMM_COLL_NODE, comm_type=0, comm_size=64))
+    a.nodes.append(Node(2, "between", NodeType.COMP_NODE, [1], duration_micros=1))
+    b = GraphBuilder(1)
+    b.collective("ar", CollectiveType.ALL_REDUCE, 64, deps=[b.collective("ar", CollectiveType.ALL_REDUCE, 64)])
+    workload = Workload([a, b.graph])
+    assert validate_workload(workload).ok
+    config = AstraConfig(network=NetworkConfig(["Ring"], [2], [50.0], [500.0]))
+    assert min(simulate(workload, config).finish_ns) > 1000  # every rank finishes, after the 1 us compute

@@ -13,6 +13,7 @@ slot per NPU.) Problems name the rank and node ids so a user can find them; list
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -365,11 +366,13 @@ def check_progress(workload: Workload) -> list[Problem]:
     A node runs once all its parents ran; a send completes on its own (ASTRA-Sim's sends are eager) and
     leaves a message under (src, dst, tag mod 5e8, size); a recv completes once such a message is there; the
     k-th collective of a group on a rank completes once every member reached its k-th collective of that
-    group; an INVALID or METADATA node completes without releasing its dependents. The result does not depend
-    on the order nodes are played in (each rule only ever enables more), so what is left can never run:
-    nodes waiting in a cross-rank cycle (rank 0 receives before it sends to rank 1, which receives before it
-    sends to rank 0), or behind such nodes. Expects a workload whose other checks pass. What this does not
-    model is the one communication slot per NPU (a blocked collective holding it); the engine's dry run does.
+    group, counted in the order they become ready (lowest node id first among those ready together, as the
+    engine and ASTRA-Sim issue them: collectives match by issue order, not by id); an INVALID or METADATA node
+    completes without releasing its dependents. Sends and recvs only ever enable more, so what is left can
+    never run: nodes waiting in a cross-rank cycle (rank 0 receives before it sends to rank 1, which receives
+    before it sends to rank 0), or behind such nodes. Expects a workload whose other checks pass. What this
+    does not model is time and the one communication slot per NPU (a blocked collective holding it); the
+    engine's dry run does.
     """
     groups = {DEFAULT_GROUP: tuple(range(workload.npus))}
     groups.update({group_key(name): tuple(ranks) for name, ranks in workload.comm_groups.items()})
@@ -378,7 +381,9 @@ def check_progress(workload: Workload) -> list[Problem]:
     waiting: dict[tuple[int, int, int, int], list[tuple[int, int]]] = defaultdict(list)
     arrived: dict[tuple[str, int], set[int]] = defaultdict(set)  # (group, k) -> ranks whose k-th is ready
     blocked: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
-    work: list[tuple[int, int]] = [(r, i) for r, play in enumerate(ranks) for i in play.roots()]
+    # A heap of (node id, rank, node index): on every rank, lower ids are played first among the nodes ready.
+    work: list[tuple[int, int, int]] = [(p.nodes[i].id, r, i) for r, p in enumerate(ranks) for i in p.roots()]
+    heapq.heapify(work)
 
     def complete(rank: int, index: int) -> None:
         play = ranks[rank]
@@ -388,10 +393,10 @@ def check_progress(workload: Workload) -> list[Problem]:
         for child in play.children[index]:
             play.pending[child] -= 1
             if play.pending[child] == 0:
-                work.append((rank, child))
+                heapq.heappush(work, (play.nodes[child].id, rank, child))
 
     while work:
-        rank, index = work.pop()
+        _, rank, index = heapq.heappop(work)
         node = ranks[rank].nodes[index]
         if node.type == NodeType.COMM_SEND_NODE:
             key = (rank, node.comm_dst, node.comm_tag % TAG_MODULUS, node.comm_size)
@@ -408,7 +413,11 @@ def check_progress(workload: Workload) -> list[Problem]:
             else:
                 waiting[key].append((rank, index))
         elif node.type == NodeType.COMM_COLL_NODE and node.comm_type in SIMULATED_COLLECTIVES:
-            instance = ranks[rank].collective_of[index]
+            play = ranks[rank]
+            group = group_key(node.pg_name)
+            instance = (group, play.collectives_ready[group])
+            play.collectives_ready[group] += 1
+            play.collective_of[index] = instance
             arrived[instance].add(rank)
             blocked[instance].append((rank, index))
             if len(arrived[instance]) == len(groups[instance[0]]):
@@ -454,17 +463,13 @@ class _RankPlay:
         self.pending = [0] * len(graph.nodes)
         self.children: list[list[int]] = [[] for _ in graph.nodes]
         self.done = [False] * len(graph.nodes)
-        self.collective_of: dict[int, tuple[str, int]] = {}
-        seen: Counter[str] = Counter()
+        self.collective_of: dict[int, tuple[str, int]] = {}  # node index -> (group, k), once it is ready
+        self.collectives_ready: Counter[str] = Counter()
         for i, node in enumerate(graph.nodes):
             parents = {index_of[d] for d in node.deps if d in index_of}
             self.pending[i] = len(parents)
             for parent in parents:
                 self.children[parent].append(i)
-            if node.type == NodeType.COMM_COLL_NODE and node.comm_type in SIMULATED_COLLECTIVES:
-                group = group_key(node.pg_name)
-                self.collective_of[i] = (group, seen[group])
-                seen[group] += 1
 
     def roots(self) -> list[int]:
         return [i for i, count in enumerate(self.pending) if count == 0]
