@@ -101,6 +101,8 @@ def test_write_then_load_round_trips(tmp_path):
             ("input_tok_ids",),
         ),
         (['{"input_toks": 1, "output_toks": 2, "arrival_time_ns": 0, "output_tok_ids": [5]}'], 1, ("output_tok_ids",)),
+        (['{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1, true]}'], 1, ("tok_ids",)),
+        (['{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": "ab"}'], 1, ("tok_ids",)),
     ],
 )
 def test_bad_lines_name_file_line_and_field(tmp_path, lines, line_no, names):
