@@ -220,6 +220,7 @@ class ReplayResult:
     sim_end_ns: int
     backend: str
     max_abs_diff_ns: int  # largest |replayed - recorded| iteration end
+    nodes_simulated: int = 0  # nodes of the iteration graphs replayed
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -255,16 +256,19 @@ def simulate_traces(directory: Path | str, backend: str = "builtin", options: An
     instances = manifest["instances"]
     iterations = manifest["iterations"]
     if backend == "builtin":
-        ends = _replay_builtin(directory, instances, iterations)
+        ends, nodes = _replay_builtin(directory, instances, iterations)
     else:
-        ends = _replay_composed(directory, instances, iterations, backend, options)
+        ends, nodes = _replay_composed(directory, instances, iterations, backend, options)
     transfers_end = _replay_transfers(manifest)
-    return _rebuild(manifest, ends, transfers_end, backend)
+    result = _rebuild(manifest, ends, transfers_end, backend)
+    result.nodes_simulated = nodes
+    return result
 
 
-def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dict]) -> list[int]:
+def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dict]) -> tuple[list[int], int]:
     """Each instance's iterations onto one running engine at their launch ticks: end tick per iteration."""
     ends: list[int | None] = [None] * len(iterations)
+    nodes = 0
     by_instance: dict[int, list[int]] = {}
     for index, it in enumerate(iterations):
         by_instance.setdefault(it["instance_id"], []).append(index)
@@ -278,6 +282,7 @@ def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dic
                 if start > engine.now:
                     engine.run_until(start)
                 workload = read_workload(directory / it["folder"] / WORKLOAD_PREFIX)
+                nodes += workload.node_count()
                 handle = engine.add_workload(workload, start, label=it["folder"])
 
                 def done(_: Any, tick: int, index: int = index) -> None:
@@ -285,12 +290,12 @@ def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dic
 
                 handle.on_done = done
             engine.run_until(None)
-    return [end if end is not None else -1 for end in ends]
+    return [end if end is not None else -1 for end in ends], nodes
 
 
 def _replay_composed(
     directory: Path, instances: list[dict], iterations: list[dict], backend: str, options: Any
-) -> list[int]:
+) -> tuple[list[int], int]:
     """One backend run per iteration; the driver chains them stage by stage (module docstring)."""
     from astra_driver.backends import ReplayRun, replay
 
@@ -335,7 +340,7 @@ def _replay_composed(
                 stage_free[s] = previous
             finished.append(previous)
             ends[index] = previous
-    return ends
+    return ends, 0
 
 
 def _replay_transfers(manifest: dict[str, Any]) -> list[int]:
