@@ -44,9 +44,7 @@ class Problem:
     def __str__(self) -> str:
         where = f"rank {self.rank}" if self.rank is not None else "workload"
         if self.node_ids:
-            where += " node" + ("s " if len(self.node_ids) > 1 else " ") + ",".join(map(str, self.node_ids[:10]))
-            if len(self.node_ids) > 10:
-                where += f",... ({len(self.node_ids)} in all)"
+            where += " node" + ("s " if len(self.node_ids) > 1 else " ") + name_first(self.node_ids, 10, ",")
         return f"{where}: {self.message}"
 
 
