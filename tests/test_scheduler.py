@@ -16,6 +16,7 @@ from astra_driver.serving.scheduler import (
     SchedulerConfig,
     defaults_for,
 )
+from astra_driver.serving.workload import load_workload
 from llm_converter.errors import PipesimError
 from llm_converter.iteration import Iteration, PrefillChunk
 
@@ -277,6 +278,20 @@ def test_request_that_cannot_fit_the_whole_cache_is_refused():
     with pytest.raises(PipesimError, match=r"request 3: needs 5 KV blocks .* holds 4"):
         s.add_request(_req(3, 60, 6))  # 65 tokens with KV -> 5 blocks > 4 usable
     s.add_request(_req(4, 60, 5))  # 64 tokens -> 4 blocks: fits alone
+
+
+def test_refusals_name_the_dataset_line_and_can_be_checked_up_front(tmp_path):
+    path = tmp_path / "w.jsonl"
+    path.write_text(
+        '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0}\n'
+        '{"input_toks": 300, "output_toks": 5, "arrival_time_ns": 9}\n'
+    )
+    requests = load_workload(path)
+    s = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=4, max_model_len=200), num_gpu_blocks=64)
+    s.check_request(requests[0])
+    with pytest.raises(PipesimError, match=rf"^{path}:2: request 1: input_toks \+ output_toks = 305 exceeds"):
+        s.check_request(requests[1])
+    assert s.num_waiting == 0  # checking queues nothing
 
 
 def test_duplicate_request_id_is_refused():

@@ -147,7 +147,18 @@ class Scheduler:
     # -- admission ------------------------------------------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
-        """Queue an arrived request; refuse one that could never run on this instance."""
+        """Queue an arrived request; refuse one that could never run on this instance (check_request)."""
+        self.check_request(request)
+        if request.request_id in self.requests:
+            raise PipesimError(f"{request.describe()}: request id {request.request_id} is already queued")
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def check_request(self, request: Request) -> None:
+        """PipesimError naming the request (and its dataset line) if it could never run here: longer than the
+        model's context, or more KV than the whole cache holds even alone. A loop may check a whole workload up
+        front with it, before simulating anything."""
         cfg = self.config
         total = request.input_tokens + request.output_tokens
         if cfg.max_model_len is not None and total > cfg.max_model_len:
@@ -164,11 +175,6 @@ class Scheduler:
                 f"({total - 1} tokens) but the whole KV cache holds {usable}; shorten the request or give the "
                 "instance more KV memory (mem_size, more NPUs, --num-gpu-blocks)"
             )
-        if request.request_id in self.requests:
-            raise PipesimError(f"{request.describe()}: request id {request.request_id} is already queued")
-        request.status = RequestStatus.WAITING
-        self.requests[request.request_id] = request
-        self.waiting.append(request)
 
     def admit_transferred(self, request: Request) -> bool:
         """P/D decode side: admit a request whose prompt KV arrived from a prefill instance (its first token already
