@@ -2,6 +2,8 @@
 PYTHON ?= python3
 EXAMPLE ?= llama8b_pp2
 CLUSTER ?= configs/cluster/single_node_pp_instance.json
+DATASET ?= configs/workloads/example_trace.jsonl
+BACKEND ?= builtin
 TRACE_DIR = traces/$(EXAMPLE)
 
 .PHONY: install trace simulate test bench lint proto proto-check clean
@@ -9,17 +11,15 @@ TRACE_DIR = traces/$(EXAMPLE)
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
 
-# One serving iteration of Llama-3.1-8B on the seed's PP=2 cluster: a 512-token prefill and 32 decodes.
+# The seed's serving run (Llama-3.1-8B on the PP=2 cluster, the bundled example trace) with every iteration's
+# per-NPU .et and a manifest kept in $(TRACE_DIR). `pipesim trace` still writes single iterations.
 trace:
-	$(PYTHON) -m astra_driver.cli trace --cluster-config $(CLUSTER) --prefill 512 --decode 32x1024 --name $(EXAMPLE)
+	$(PYTHON) -m astra_driver.cli run --cluster-config $(CLUSTER) --dtype float16 --block-size 16 \
+	  --dataset $(DATASET) --keep-traces $(TRACE_DIR)
 
-# Replay what `make trace` wrote, exactly as ASTRA-Sim would be run on it (builtin engine by default).
+# Replay what `make trace` kept and print the serving summary (BACKEND=astra-sim or docker to switch).
 simulate:
-	$(PYTHON) -m astra_driver.cli replay --workload-configuration=$(TRACE_DIR)/llm \
-	  --system-configuration=$(TRACE_DIR)/system.json \
-	  --network-configuration=$(TRACE_DIR)/network.yml \
-	  --remote-memory-configuration=$(TRACE_DIR)/memory.json \
-	  $(if $(wildcard $(TRACE_DIR)/comm_groups.json),--comm-group-configuration=$(TRACE_DIR)/comm_groups.json,)
+	$(PYTHON) -m astra_driver.cli simulate $(TRACE_DIR) --backend $(BACKEND)
 
 test:
 	$(PYTHON) -m pytest
