@@ -365,8 +365,10 @@ def build_training(config: TrainingConfig) -> TrainingBuild:
         else:
             buckets.append(())
     boundary = config.micro_batch_size * config.seq_len * model.hidden_size * dtype_bytes(config.dtype)
-    if sp:
-        boundary //= config.tp
+    if config.tp > 1:
+        # Each TP rank sends its 1/tp slice: the sequence shard with SP, else Megatron's scatter/gather
+        # optimisation (Narayanan et al. 2021, section 4.1; the receiver's NVLink all-gather is not modelled).
+        boundary = -(-boundary // config.tp)
     optimizer_ns: tuple[int, ...] = ()
     if config.stage_time_us is None:
         optimizer_ns = tuple(
