@@ -294,6 +294,16 @@ def test_refusals_name_the_dataset_line_and_can_be_checked_up_front(tmp_path):
     assert s.num_waiting == 0  # checking queues nothing
 
 
+def test_without_chunked_prefill_a_sequence_over_the_budget_is_refused():
+    cfg = SchedulerConfig(max_num_batched_tokens=50, max_num_seqs=4, enable_chunked_prefill=False)
+    s = Scheduler(cfg, num_gpu_blocks=64)
+    s.add_request(_req(0, 30, 21))  # 50 tokens: a recompute after preemption still fits one step
+    with pytest.raises(PipesimError, match=r"request 1: 51 tokens .* chunked prefill is off"):
+        s.add_request(_req(1, 30, 22))
+    with pytest.raises(PipesimError, match="--max-num-batched-tokens: 50 is below the model's context"):
+        SchedulerConfig(max_num_batched_tokens=50, enable_chunked_prefill=False, max_model_len=100)
+
+
 def test_duplicate_request_id_is_refused():
     s = Scheduler(SchedulerConfig(), num_gpu_blocks=64)
     s.add_request(_req(1, 4, 4))
@@ -367,3 +377,63 @@ def test_admit_transferred_runs_as_a_decode():
     big = _req(2, 70, 2)
     big.num_generated = 1
     assert not s.admit_transferred(big) and big.num_computed_tokens == 0  # 5 blocks > 4
+
+
+def _check_kv_consistent(s: Scheduler) -> None:
+    """Every held block's ref count is its number of holders; held + free = usable; free blocks hold no refs."""
+    holders: dict[int, int] = {}
+    blocks = {}
+    for held in s.kv.req_to_blocks.values():
+        for block in held:
+            holders[block.block_id] = holders.get(block.block_id, 0) + 1
+            blocks[block.block_id] = block
+    assert all(blocks[i].ref_cnt == n for i, n in holders.items())
+    assert len(holders) == s.kv.pool.num_used_blocks
+    assert set(s.kv.pool.free_block_ids()).isdisjoint(holders)
+    assert len(s.kv.pool.free_block_ids()) == s.kv.pool.num_free_blocks
+    for request in s.running:
+        assert s.kv.num_blocks_of(request) * s.config.block_size >= request.num_computed_tokens
+
+
+@pytest.mark.parametrize("seed", range(int(__import__("os").environ.get("B1_SEEDS", "8"))))
+def test_random_configurations_finish_every_request_consistently(seed):
+    rng = random.Random(seed)
+    cfg = SchedulerConfig(
+        max_num_batched_tokens=rng.choice([16, 48, 128]),
+        max_num_seqs=rng.choice([1, 3, 8]),
+        block_size=rng.choice([4, 16]),
+        enable_chunked_prefill=rng.random() < 0.8,
+        enable_prefix_caching=rng.random() < 0.8,
+        pp_size=rng.choice([1, 2, 3]),
+        long_prefill_token_threshold=rng.choice([0, 0, 20]),
+        reserve_full_isl=rng.random() < 0.7,
+    )
+    s = Scheduler(cfg, num_gpu_blocks=rng.randint(12, 40))
+    shared = [rng.randrange(50) for _ in range(40)]
+    reqs = []
+    for i in range(25):
+        prompt = rng.randint(1, 60)
+        output = rng.randint(1, 30)
+        if not cfg.enable_chunked_prefill:  # prompt + output - 1 must fit one step (refused otherwise)
+            prompt = min(prompt, cfg.max_num_batched_tokens)
+            output = max(1, min(output, cfg.max_num_batched_tokens + 1 - prompt))
+        while -(-(prompt + output - 1) // cfg.block_size) > s.kv.pool.num_usable_blocks:
+            output = max(1, output // 2)
+            prompt = max(1, prompt // 2)
+        ids = (shared[: rng.randint(0, 40)] + [rng.randrange(50) for _ in range(prompt)])[:prompt] if i % 3 else None
+        reqs.append(_req(i, prompt, output, arrival=rng.randint(0, 400), ids=ids))
+    original = s.schedule
+
+    def checked(now):
+        batch = original(now)
+        _check_kv_consistent(s)
+        if batch is not None:
+            assert batch.num_tokens <= cfg.max_num_batched_tokens and batch.num_seqs <= cfg.max_num_seqs
+            assert s.inflight <= cfg.pp_size
+        return batch
+
+    s.schedule = checked  # type: ignore[method-assign]
+    _run(s, reqs)
+    for r in reqs:
+        assert r.is_finished and len(r.token_times_ns) == r.output_tokens
+    assert s.stats.kv_blocks_in_use == 0 and s.stats.peak_kv_blocks <= s.kv.pool.num_usable_blocks

@@ -71,6 +71,17 @@ class SchedulerConfig:
             )
         if self.max_model_len is not None and self.max_model_len <= 0:
             raise PipesimError(f"max_model_len: {self.max_model_len} must be a positive number of tokens")
+        if (
+            not self.enable_chunked_prefill
+            and self.max_model_len is not None
+            and self.max_num_batched_tokens < self.max_model_len
+        ):
+            # vLLM's SchedulerConfig refuses this too: a sequence that cannot be split must fit one step.
+            raise PipesimError(
+                f"--max-num-batched-tokens: {self.max_num_batched_tokens} is below the model's context "
+                f"({self.max_model_len}) with chunked prefill off, so longer prompts could never run; raise it to "
+                f"{self.max_model_len} or more, or keep chunked prefill on"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +176,13 @@ class Scheduler:
             raise PipesimError(
                 f"{request.describe()}: input_toks + output_toks = {total} exceeds the model's context "
                 f"(max_model_len {cfg.max_model_len}); shorten the request or use a model with a longer context"
+            )
+        if not cfg.enable_chunked_prefill and total - 1 > cfg.max_num_batched_tokens:
+            # Without chunking a prompt, or its recompute after a preemption (prompt + generated tokens), is one step.
+            raise PipesimError(
+                f"{request.describe()}: {total - 1} tokens (input_toks + output_toks - 1) may have to run in one "
+                f"step but --max-num-batched-tokens is {cfg.max_num_batched_tokens} and chunked prefill is off; "
+                "raise the budget or keep chunked prefill on"
             )
         # The last output token is sampled but never fed back, so its KV is never written.
         needed = -(-(total - 1) // cfg.block_size)
