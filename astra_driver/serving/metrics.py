@@ -417,6 +417,7 @@ class ServingSummary:
     prefix_hit_tokens: int
     iterations: int
     instances: tuple[InstanceStats, ...] = field(default=())
+    nodes_simulated: int = 0  # graph nodes the engine ran (all iterations, all NPUs)
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -456,6 +457,7 @@ class ServingSummary:
                 "prefix_cache_hit_rate": self.prefix_cache_hit_rate,
                 "peak_kv_usage": self.peak_kv_usage,
                 "iterations": self.iterations,
+                "nodes_simulated": self.nodes_simulated,
                 "instances": [
                     {
                         "instance_id": i.instance_id,
@@ -545,6 +547,7 @@ def summarize_requests(
     instances: Sequence[InstanceStats] = (),
     prefix_query_tokens: int = 0,
     prefix_hit_tokens: int = 0,
+    nodes_simulated: int = 0,
 ) -> ServingSummary:
     """The summary of finished requests. Duration runs from the trace's time origin (arrival_ns 0, where vllm
     bench starts its clock before sending the first request) to the last request's last token."""
@@ -576,6 +579,7 @@ def summarize_requests(
         prefix_hit_tokens=prefix_hit_tokens,
         iterations=len(iterations),
         instances=tuple(instances),
+        nodes_simulated=nodes_simulated,
     )
 
 
@@ -602,4 +606,5 @@ def summarize(result: Any) -> ServingSummary:
                 iterations=iterations_per_instance.get(inst.instance_id, 0),
             )
         )
-    return summarize_requests(result.requests, result.iterations, instances, query, hit)
+    nodes = getattr(result, "nodes_simulated", 0)
+    return summarize_requests(result.requests, result.iterations, instances, query, hit, nodes)
