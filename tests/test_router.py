@@ -98,8 +98,9 @@ def test_pd_least_loaded_prefill_instance_owes_only_the_prompt() -> None:
     assert router.route(b, instances) == 2
     a.num_computed_tokens, a.num_generated = 100, 1
     assert router.outstanding_tokens(0) == 0  # first token exists: a has left the prefill instance
+    a.num_computed_tokens = 0  # the decode instance has not admitted it yet (its KV is on the way)
     assert router.route_decode(a, instances) == 1
-    assert router.outstanding_tokens(1) == 999  # decode instance: remaining output (prompt KV arrived)
+    assert router.outstanding_tokens(1) == 999  # decode instance: only the remaining output
     b.num_computed_tokens, b.num_generated = 50, 1
     assert router.route_decode(b, instances) == 3  # 3 and 4 are empty: lowest id
     c = req(2, inp=10, out=5)

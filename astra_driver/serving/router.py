@@ -9,7 +9,8 @@ Outstanding tokens of an instance (least_loaded): over the unfinished requests r
 tokens whose KV is not computed yet (input_tokens - min(num_computed_tokens, input_tokens); a preempted
 request's recompute counts again) plus the output tokens not generated yet (output_tokens - num_generated).
 A prefill instance only owes the prompt: its requests count their remaining prompt tokens until their first
-token exists, then leave its load. Ties go to the lowest instance id, so runs are reproducible.
+token exists, then leave its load; a decode instance only owes the output (the prompt's KV arrives computed).
+Ties go to the lowest instance id, so runs are reproducible.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ class Router:
         self.seed = seed
         self._rng = random.Random(seed)
         self._next = {"new": 0, "decode": 0}  # round-robin position, separately for the two kinds of choice
-        # Unfinished requests each instance was given, and whether it only prefills them.
+        # Unfinished requests each instance was given, and its role: "prefill", "decode" or None (both).
         self._routed: dict[int, list[Request]] = {}
-        self._prefill_only: dict[int, bool] = {}
+        self._role: dict[int, str | None] = {}
 
     # -- choosing ------------------------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ class Router:
         if not candidates:
             raise PipesimError('cluster config: no instance takes new requests (none has pd_type "prefill")')
         chosen = self._choose(candidates, "new")
-        self._prefill_only[chosen] = disaggregated
+        self._role[chosen] = "prefill" if disaggregated else None
         return self._assign(request, chosen)
 
     def route_decode(self, request: Request, instances: Sequence[Any]) -> int:
@@ -81,23 +82,28 @@ class Router:
         if not candidates:
             raise PipesimError('cluster config: a prefill finished but no instance has pd_type "decode"')
         chosen = self._choose(candidates, "decode")
-        self._prefill_only[chosen] = False
+        self._role[chosen] = "decode"
         return self._assign(request, chosen)
 
     def outstanding_tokens(self, instance_id: int) -> int:
         """Prompt tokens still to compute plus output tokens still to generate, over the unfinished requests
-        routed to the instance (only the prompt on a prefill instance)."""
+        routed to the instance (only the prompt on a prefill instance, only the output on a decode one)."""
         requests = self._routed.get(instance_id)
         if not requests:
             return 0
-        prefill_only = self._prefill_only.get(instance_id, False)
+        role = self._role.get(instance_id)
         live: list[Request] = []
         load = 0
         for r in requests:
-            if _finished(r) or (prefill_only and r.num_generated > 0):
+            if _finished(r) or (role == "prefill" and r.num_generated > 0):
                 continue  # done here: drop it, so the list stays as long as the instance's queue
             live.append(r)
-            load += _remaining_prompt(r) if prefill_only else _remaining_prompt(r) + _remaining_output(r)
+            if role == "prefill":
+                load += _remaining_prompt(r)
+            elif role == "decode":
+                load += _remaining_output(r)
+            else:
+                load += _remaining_prompt(r) + _remaining_output(r)
         self._routed[instance_id] = live
         return load
 
