@@ -91,7 +91,7 @@ class TrainingConfig:
     recompute: str = "none"
     sequence_parallel: bool = False
     distributed_optimizer: bool = False
-    overlap_grad_reduce: bool = True
+    overlap_grad_reduce: bool = False  # Megatron-LM default: off (--overlap-grad-reduce turns it on)
     stage_time_us: tuple[float, ...] | None = None  # F,B[,W] per (virtual) stage, replacing layer times
     p2p_time_us: float | None = None  # every activation / gradient transfer takes exactly this long
     dtype: str = "bfloat16"

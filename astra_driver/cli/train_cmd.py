@@ -61,8 +61,11 @@ def train(
         bool, typer.Option("--distributed-optimizer", help="Shard optimizer state over DP (RS + AG).")
     ] = False,
     overlap_grad_reduce: Annotated[
-        bool, typer.Option("--overlap-grad-reduce/--no-overlap-grad-reduce", help="DP buckets during the backward.")
-    ] = True,
+        bool,
+        typer.Option(
+            "--overlap-grad-reduce/--no-overlap-grad-reduce", help="Reduce DP buckets during the last backward."
+        ),
+    ] = False,
     stage_time_us: Annotated[
         str | None, typer.Option("--stage-time-us", help="F,B[,W] us per stage, replacing layer times.")
     ] = None,

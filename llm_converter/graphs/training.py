@@ -181,7 +181,7 @@ class TrainingGraphSpec:
     boundary_bytes: tuple[int, ...]  # per boundary s -> s+1: activation (and its gradient) per NPU
     buckets: tuple[tuple[GradBucket, ...], ...] = ()  # per virtual stage (dp > 1)
     distributed_optimizer: bool = False
-    overlap_grad_reduce: bool = True
+    overlap_grad_reduce: bool = False  # Megatron-LM's default
     optimizer_ns: tuple[int, ...] = ()  # per pipeline rank: the optimizer step of one NPU; () or 0: no node
 
     def __post_init__(self) -> None:
