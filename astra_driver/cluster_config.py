@@ -6,8 +6,8 @@ The JSON is the interface of the LLM serving simulator pipesim follows (seed 000
 against the model and hardware catalogs, and turns every problem into one line that names the file, the JSON
 path of the field, what is wrong and the fix.
 
-Units: bandwidths in GB/s and latencies in ns, passed to ASTRA-Sim unchanged; memory sizes in GB with
-GB = 1e9 bytes (as the hardware catalog's memory_gb: an RTXPRO6000's 96 GB is mem_size 96).
+Units: bandwidths in GB/s and latencies in ns, passed to ASTRA-Sim unchanged; memory sizes in GB of
+2^30 bytes, as LLMServingSim reads them (llm_converter/memory.py: an RTXPRO6000's 96 GB is mem_size 96).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class HardwareSpec:
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.memory_gb * 1e9)
+        return int(self.memory_gb * (1 << 30))  # GB of 2^30 bytes, as npu_mem.mem_size (llm_converter/memory.py)
 
     @property
     def l2_bytes(self) -> int:

@@ -3,9 +3,9 @@
 `pipesim trace` (does one batch fit?), the cluster config (do the weights fit?) and the serving scheduler (how
 many KV blocks does an instance have?) all call these functions, so the three cannot disagree.
 
-Units: mem_size is in GB with GB = 1e9 bytes, as the hardware catalog's memory_gb (an RTXPRO6000's 96 GB is
-mem_size 96). LLMServingSim multiplies mem_size by 1024**3 instead; the formulas below are its formulas, the
-unit of mem_size is pipesim's (docs/models_and_latency.md, "NPU memory").
+Units: mem_size is in GB of 2^30 bytes (GiB), as LLMServingSim reads it (mem_size * 1024**3) and as GPU
+memory is sized (an RTXPRO6000's 96 GB is mem_size 96, 96 GiB), so LLMServingSim's cluster configs give its
+block counts; every GB pipesim prints is that GB (docs/models_and_latency.md, "NPU memory").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from llm_converter.iteration import Iteration
 from llm_converter.models import ModelSpec
 from llm_converter.plan import ParallelPlan
 
-MEM_GB = 10**9  # bytes in one GB of mem_size (and of every GB pipesim prints)
+MEM_GB = 1 << 30  # bytes in one GB of mem_size (GiB, as LLMServingSim and GPU memory sizes) and of every GB printed
 DEFAULT_MEM_UTIL = 0.9  # share of mem_size the serving engine may use (vLLM's gpu_memory_utilization default)
 
 
@@ -60,7 +60,7 @@ def kv_bytes_per_token(model: ModelSpec, plan: ParallelPlan, stage: int, dtype_b
 
 
 def npu_memory_bytes(mem_size_gb: float, mem_util: float) -> int:
-    """Usable bytes of one NPU: mem_size * mem_util, mem_size in GB of 1e9 bytes."""
+    """Usable bytes of one NPU: int(mem_size * 2^30 * mem_util), LLMServingSim's int(mem * util)."""
     if not (math.isfinite(mem_size_gb) and mem_size_gb > 0):
         raise PipesimError(f"npu_mem.mem_size: {mem_size_gb:g}; it must be a memory size > 0 GB")
     if not 0 < mem_util <= 1:
@@ -68,7 +68,7 @@ def npu_memory_bytes(mem_size_gb: float, mem_util: float) -> int:
             f"npu_mem.mem_util: {mem_util:g} is outside (0, 1]; it is the share of mem_size the engine may use "
             f"(default {DEFAULT_MEM_UTIL})"
         )
-    return int(mem_size_gb * mem_util * MEM_GB)
+    return int(mem_size_gb * MEM_GB * mem_util)
 
 
 def kv_cache_blocks(

@@ -83,7 +83,7 @@ def test_seed_config_loads_with_its_values(tmp_path: Path) -> None:
     assert (placed.num_npus, placed.tp_size, placed.pp_size, placed.span_nodes) == (2, 1, 2, 1)
     assert placed.spec.pd_type is None
     assert placed.spec.npu_mem.mem_util == 0.9  # default when absent
-    assert placed.usable_mem_bytes == int(96 * 0.9 * 1e9)
+    assert placed.usable_mem_bytes == int(96 * 2**30 * 0.9)
     assert placed.model.name == "meta-llama/Llama-3.1-8B"
     assert placed.hardware.name == "RTXPRO6000"
     assert placed.path == "nodes[0].instances[0]"
@@ -175,11 +175,11 @@ def test_stage_split_is_even_with_larger_stages_first() -> None:
 
 
 def test_memory_fit_boundary(tmp_path: Path) -> None:
-    need = 2 * (EMBEDDING + 32 * BLOCK + FINAL_NORM + LM_HEAD)  # 16.06 GB on one NPU
+    need = 2 * (EMBEDDING + 32 * BLOCK + FINAL_NORM + LM_HEAD)  # 14.96 GB (GiB) on one NPU
     fits = {"mem_size": need / MEM_GB, "mem_bw": 1597, "mem_latency": 0, "mem_util": 1.0}
     load_seed(tmp_path, num_npus=1, pp_size=1, npu_mem=fits)
     too_small = fits | {"mem_size": need / MEM_GB - 0.01}
-    with pytest.raises(PipesimError, match=r"need 16\.06 GB per NPU .* = 16\.05 GB"):
+    with pytest.raises(PipesimError, match=r"need 14\.96 GB per NPU .* = 14\.95 GB"):
         load_seed(tmp_path, num_npus=1, pp_size=1, npu_mem=too_small)
 
 
@@ -189,7 +189,7 @@ def test_dtype_sizes_the_weights(tmp_path: Path) -> None:
     instance0(doc)["npu_mem"]["mem_size"] = 12
     path = write(tmp_path, doc)
     assert load_cluster_config(path, dtype="fp8").instances()[0].weight_bytes_per_npu == 8_030_261_248
-    with pytest.raises(PipesimError, match="bfloat16 weights need 16.06 GB"):
+    with pytest.raises(PipesimError, match="bfloat16 weights need 14.96 GB"):
         load_cluster_config(path, dtype="bfloat16")
 
 
@@ -254,7 +254,7 @@ MUTATIONS: list[tuple[str, Mutation, str, str]] = [
         "weights do not fit",
         _set(*I0, "npu_mem", "mem_size", 8),
         f"{P0}.npu_mem.mem_size",
-        "need 8.03 GB per NPU (largest of 2 stages / tp 1) but mem_size * mem_util = 8 * 0.9 = 7.20 GB; "
+        "need 7.48 GB per NPU (largest of 2 stages / tp 1) but mem_size * mem_util = 8 * 0.9 = 7.20 GB; "
         "use a larger tp_size or pp_size",
     ),
     ("unknown model", _instance(model_name="llama-9000"), f"{P0}.model_name", "meta-llama/Llama-3.1-8B"),

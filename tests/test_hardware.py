@@ -38,7 +38,7 @@ def test_units() -> None:
     hw = get_hardware("h100-sxm")  # case-insensitive
     assert hw.flops_per_ns == pytest.approx(989e12 * hw.compute_efficiency / 1e9)
     assert hw.bytes_per_ns == pytest.approx(3350e9 * hw.memory_efficiency / 1e9)
-    assert hw.memory_bytes == 80_000_000_000
+    assert hw.memory_bytes == 80 * 2**30
 
 
 def test_unknown_and_invalid() -> None:

@@ -65,9 +65,9 @@ def test_kv_bytes_per_token_is_the_stage_layers_times_the_rank_heads() -> None:
     assert kv_bytes_per_token(model, tp16, 0, 1) == 2 * 32 * 1 * 128
 
 
-def test_npu_memory_bytes_uses_gb_of_1e9() -> None:
-    assert npu_memory_bytes(96, 0.9) == 86_400_000_000
-    assert npu_memory_bytes(80, 1.0) == 80 * 10**9
+def test_npu_memory_bytes_reads_mem_size_as_gib_like_llmservingsim() -> None:
+    assert npu_memory_bytes(96, 0.9) == int(96 * 2**30 * 0.9) == 92_771_293_593
+    assert npu_memory_bytes(80, 1.0) == 80 * 2**30
     with pytest.raises(PipesimError, match=r"npu_mem.mem_util: 1\.5 is outside \(0, 1\]"):
         npu_memory_bytes(96, 1.5)
     with pytest.raises(PipesimError, match="npu_mem.mem_size"):
@@ -84,10 +84,8 @@ def test_kv_cache_blocks_reproduce_llmservingsim_for_one_npu() -> None:
     expected = (usable - LLAMA8B_BF16) // (131_072 * 16)
     assert expected == 36_578
     assert kv_cache_blocks(model, plan, 2, usable, 16) == expected
-    # pipesim's own GB: 86.4e9 usable
-    assert kv_cache_blocks(model, plan, 2, npu_memory_bytes(96, 0.9), 16) == (86_400_000_000 - LLAMA8B_BF16) // (
-        131_072 * 16
-    )
+    # the cluster JSON's mem_size 96 at mem_util 0.9 is exactly those bytes
+    assert kv_cache_blocks(model, plan, 2, npu_memory_bytes(96, 0.9), 16) == 36_578
 
 
 def test_kv_cache_blocks_take_the_fullest_stage() -> None:
@@ -98,8 +96,8 @@ def test_kv_cache_blocks_take_the_fullest_stage() -> None:
     usable = npu_memory_bytes(96, 0.9)
     per_block = 2 * 16 * 8 * 128 * 2 * 16
     stage1 = 2 * (16 * BLOCK + HEAD)
-    assert kv_cache_blocks(model, plan, 2, usable, 16) == (usable - stage1) // per_block == 74_739
-    with pytest.raises(PipesimError, match=r"stage 0 holds 8\.03 GB of weights per NPU, leaving -0\.03 GB"):
+    assert kv_cache_blocks(model, plan, 2, usable, 16) == (usable - stage1) // per_block == 80_815
+    with pytest.raises(PipesimError, match=r"stage 0 holds 7\.48 GB of weights per NPU, leaving -0\.03 GB"):
         kv_cache_blocks(model, plan, 2, 8 * 10**9, 16)
 
 
@@ -114,19 +112,19 @@ def test_check_batch_fits_boundary() -> None:
     batch = Iteration(decode=(999,))  # 1,000 tokens of KV
     need = LLAMA8B_BF16 + 1000 * 131_072
     check_batch_fits(model, plan, batch, 2, need, "--decode")
-    with pytest.raises(PipesimError, match=r"^--decode: .* 16\.06 GB of weights \+ 0\.13 GB of KV cache"):
+    with pytest.raises(PipesimError, match=r"^--decode: .* 14\.96 GB of weights \+ 0\.12 GB of KV cache"):
         check_batch_fits(model, plan, batch, 2, need - 1, "--decode")
 
 
 def test_trace_refuses_a_batch_whose_kv_cache_cannot_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Issue 6 item 4: 1000 requests of 131,072 tokens on two 96 GB RTXPRO6000 (tp 2): per NPU 8.03 GB of weights
-    + 1000 * 131,073 tokens * 65,536 B (2 * 32 layers * 4 heads * 128 * 2 B) = 8,590.00 GB of KV cache."""
+    """Issue 6 item 4: 1000 requests of 131,072 tokens on two 96 GB RTXPRO6000 (tp 2): per NPU 7.48 GiB of weights
+    + 1000 * 131,073 tokens * 65,536 B (2 * 32 layers * 4 heads * 128 * 2 B) = 8,000.06 GiB of KV cache."""
     args = ["trace", "--model", "Llama-3.1-8B", "--hardware", "RTXPRO6000", "--tp", "2"]
     args += ["--decode", "1000x131072", "--name", "big", "--out-dir", str(tmp_path)]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    kv_gb = 1000 * 131_073 * (2 * 32 * 4 * 128 * 2) / 1e9
-    assert f"{kv_gb:.2f}" == "8590.00"
+    kv_gb = 1000 * 131_073 * (2 * 32 * 4 * 128 * 2) / 2**30
+    assert f"{kv_gb:.2f}" == "8000.06"
     assert err.count("\n") == 0 and "Traceback" not in err
-    assert "8.03 GB of weights + 8590.00 GB of KV cache" in err and "mem_size * mem_util = 86.40 GB" in err
+    assert "7.48 GB of weights + 8000.06 GB of KV cache" in err and "mem_size * mem_util = 86.40 GB" in err
     assert list(tmp_path.iterdir()) == []

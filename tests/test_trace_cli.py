@@ -362,8 +362,8 @@ def test_unknown_instance_is_a_one_line_error(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_weights_of_the_time_balanced_split_must_fit(tmp_path: Path) -> None:
-    """The cluster config checks an even split (16/16 blocks of Llama-3.1-8B: 8.03 GB on stage 0); a split
-    that loads 24 blocks on stage 0 needs (24 * 218,112,000 + 525,336,576) * 2 B = 11.52 GB and must be refused."""
+    """The cluster config checks an even split (16/16 blocks of Llama-3.1-8B: 7.48 GiB on stage 0); a split
+    that loads 24 blocks on stage 0 needs (24 * 218,112,000 + 525,336,576) * 2 B = 10.73 GiB and must be refused."""
     from astra_driver.cluster_config import cluster_config_from_dict
     from llm_converter.iteration import Iteration
     from llm_converter.memory import check_batch_fits
@@ -374,7 +374,7 @@ def test_weights_of_the_time_balanced_split_must_fit(tmp_path: Path) -> None:
     placed = cluster_config_from_dict(seed, "tight.json", "bfloat16").instance(0)
     no_kv = Iteration()
     check_batch_fits(placed.model, ParallelPlan(1, 2, 1, ((0, 16), (16, 32))), no_kv, 2, placed.usable_mem_bytes, "x")
-    with pytest.raises(PipesimError, match=r"stage 0 \(blocks 0-23\) needs 11\.52 GB of weights \+ 0\.00 GB"):
+    with pytest.raises(PipesimError, match=r"stage 0 \(blocks 0-23\) needs 10\.73 GB of weights \+ 0\.00 GB"):
         plan = ParallelPlan(1, 2, 1, ((0, 24), (24, 32)))
         check_batch_fits(placed.model, plan, no_kv, 2, placed.usable_mem_bytes, "x")
 
