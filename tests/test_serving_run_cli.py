@@ -95,8 +95,8 @@ def test_request_that_cannot_fit_the_kv_cache_alone(tmp_path: Path, capsys: pyte
 
 def test_cluster_the_scheduler_cannot_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     document = json.loads(PP2.read_text())
-    # 8.03 GB of weights per stage fit in 8.9228 GB x 0.9, but not one more 1 MB KV block
-    document["nodes"][0]["instances"][0]["npu_mem"]["mem_size"] = 8.9228
+    # 7.48 GiB of weights per stage fit in 8.3103 GiB x 0.9, but not one more 1 MiB KV block
+    document["nodes"][0]["instances"][0]["npu_mem"]["mem_size"] = 8.3103
     config = tmp_path.parent / f"{tmp_path.name}-cluster.json"
     config.write_text(json.dumps(document))
     err = _bad(tmp_path, capsys, "--cluster-config", str(config), "--keep-traces", str(tmp_path / "traces"))

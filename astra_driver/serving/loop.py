@@ -146,7 +146,7 @@ class InstanceRun:
                 )
             except PipesimError as exc:
                 raise PipesimError(f"{where}.{exc}") from None
-        tokens, seqs = defaults_for(placed.spec.npu_mem.mem_size * 1e9 / GIB, placed.hardware.name)
+        tokens, seqs = defaults_for(placed.spec.npu_mem.mem_size, placed.hardware.name)  # mem_size is GiB
         max_len = self.model.max_position_embeddings if self.model.max_position_embeddings > 0 else None
         self.scheduler_config = SchedulerConfig(
             max_num_batched_tokens=config.max_num_batched_tokens or tokens,
