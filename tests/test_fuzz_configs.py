@@ -22,7 +22,7 @@ from astra_driver.cli import main
 from tests.conftest import CONFORMANCE
 
 SEED = 20261201
-MUTANTS = 300
+MUTANTS = 250
 VALIDATE_EVERY = 5
 CASES = ("all_reduce_comm_groups", "all_reduce_2d_both", "p2p_ring_8npus_hops", "serving_tp2_pp2")
 FILES = ("system.json", "network.yml", "memory.json", "comm_groups.json")
