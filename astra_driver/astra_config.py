@@ -285,8 +285,11 @@ def _read_text(path: Path, what: str) -> str:
         raise PipesimError(f"{path}: cannot read the {what} ({exc.strerror})") from None
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise PipesimError(f"{path}: the {what} is UTF-16 text; save it as UTF-8 (ASTRA-Sim reads UTF-8)")
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        raise PipesimError(f"{path}: line {line}: a NUL byte (UTF-16 text?); save the {what} as UTF-8")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a UTF-8 byte-order mark is skipped, as nlohmann::json and yaml-cpp do
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise PipesimError(

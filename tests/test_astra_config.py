@@ -306,3 +306,11 @@ def test_engine_finds_group_01_under_its_integer_id() -> None:
         graph.nodes[0].pg_name = "0"  # the default group: the same two NPUs
     assert by_01 == simulate(Workload(graphs), config).finish_ns
     assert by_01[0] > 0
+
+
+def test_utf8_bom_is_read_and_nul_bytes_are_named(tmp_path: Path) -> None:
+    bom = _hostile(tmp_path, "memory.json", b'\xef\xbb\xbf{"memory-type": "NO_MEMORY_EXPANSION"}')
+    assert load_memory(bom).memory_type == "NO_MEMORY_EXPANSION"  # nlohmann::json skips a UTF-8 BOM too
+    utf16le = _hostile(tmp_path, "network.yml", GOOD_NETWORK.encode("utf-16-le"))
+    with pytest.raises(PipesimError, match=r"network.yml: line 1: a NUL byte \(UTF-16 text\?\); save the network"):
+        load_network(utf16le)
