@@ -210,9 +210,8 @@ def generate_workload(spec: WorkloadSpec) -> list[Request]:
     rng = random.Random(spec.seed)
     arrivals = _arrival_times_ns(spec, rng)
     lengths = _lengths(spec, rng)
-    prefixes = [
-        tuple(rng.randrange(spec.vocab_size) for _ in range(spec.prefix_len)) for _ in range(spec.shared_prefix_groups)
-    ]
+    vocab = range(spec.vocab_size)  # rng.choices over a range: uniform ids, 3x faster than randrange per id
+    prefixes = [tuple(rng.choices(vocab, k=spec.prefix_len)) for _ in range(spec.shared_prefix_groups)]
     requests = []
     for i, (arrival, (input_len, output_len)) in enumerate(zip(arrivals, lengths, strict=True)):
         ids: tuple[int, ...] | None = None
@@ -221,7 +220,7 @@ def generate_workload(spec: WorkloadSpec) -> list[Request]:
             if prefixes:
                 prefix = prefixes[rng.randrange(len(prefixes))]
                 input_len = max(input_len, len(prefix) + 1)  # a group member always has its own last token
-            ids = prefix + tuple(rng.randrange(spec.vocab_size) for _ in range(input_len - len(prefix)))
+            ids = prefix + tuple(rng.choices(vocab, k=input_len - len(prefix)))
         requests.append(Request(i, arrival, input_len, output_len, input_token_ids=ids))
     return requests
 
