@@ -327,8 +327,8 @@ def _check_no_huge_integer(path: Path, data: Any, where: str = "") -> None:
         field_name = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
         if isinstance(value, HugeInteger):
             raise PipesimError(
-                f"{path}: {_show(field_name)[1:-1]}: an integer of {value.digits} digits; no double holds it and no "
-                "field takes it"
+                f"{path}: {_REPR.repr_str(field_name, 0)[1:-1]}: an integer of {value.digits} digits; no double "
+                "holds it and no field takes it"
             )
         _check_no_huge_integer(path, value, field_name)
 
@@ -410,8 +410,6 @@ def _load_json_object(path: Path, what: str) -> tuple[dict[str, Any], list[str]]
 
 
 def _number(path: Path, key: str, value: Any, integer: bool = False) -> float | int:
-    if isinstance(value, HugeInteger):
-        raise PipesimError(f"{path}: {key}: an integer of {value.digits} digits is no value of this field")
     # bool is an int in Python; ASTRA-Sim's JSON reader would not take true/false for a number either.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PipesimError(f"{path}: {key}: expected a number, got {_show(value)}")
