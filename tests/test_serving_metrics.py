@@ -240,9 +240,9 @@ def test_interval_log_lines_and_rows(tmp_path: Path) -> None:
     with path.open() as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["time_s", "step", "prompt_tokens", "decode_tokens", "prompt_tok_s", "decode_tok_s", "partial",
-                       "inst0_batch", "inst0_npu_mem_bytes"]  # fmt: skip
-    assert rows[1] == ["1", "2", "1400", "3", "1400", "3", "0", "2", "11000000000"]
-    assert rows[3] == ["3", "3", "0", "540", "0", "540", "0", "8", "44000000000"]
+                       "inst0_batch", "inst0_npu_mem_bytes", "inst0_kv_blocks"]  # fmt: skip
+    assert rows[1] == ["1", "2", "1400", "3", "1400", "3", "0", "2", "11000000000", "0"]
+    assert rows[3] == ["3", "3", "0", "540", "0", "540", "0", "8", "44000000000", "0"]
 
 
 def test_interval_log_partial_tail_and_idle_memory() -> None:

@@ -223,7 +223,8 @@ class IntervalRow:
     step: iterations completed by end_ns (all instances). batch: per instance, the requests in its last
     iteration that completed in the interval (0 if none did). npu_mem_bytes: per instance, weights + KV in use on
     its fullest NPU after its last completed iteration. partial: the run's last interval, shorter than the rest
-    (its rates are over its own length)."""
+    (its rates are over its own length). kv_blocks_in_use: per instance, its allocated KV blocks after its last
+    completed iteration (the report's KV plot reads them)."""
 
     start_ns: int
     end_ns: int
@@ -233,6 +234,7 @@ class IntervalRow:
     batch: tuple[int, ...]
     npu_mem_bytes: tuple[int, ...]
     partial: bool = False
+    kv_blocks_in_use: tuple[int, ...] = ()
 
     @property
     def prompt_tok_s(self) -> float:
@@ -279,6 +281,7 @@ class IntervalLog:
         self._batch = [0] * num_instances
         # Before an instance's first iteration completes, its NPUs hold its weights only.
         self._mem = list(idle_npu_mem_bytes) if idle_npu_mem_bytes is not None else [0] * num_instances
+        self._kv = [0] * num_instances
         self._closed = False
 
     def observe(self, record: IterationRecord) -> None:
@@ -289,6 +292,7 @@ class IntervalLog:
         self._decode += record.decode_tokens
         self._batch[record.instance_id] = record.num_seqs
         self._mem[record.instance_id] = record.npu_mem_bytes
+        self._kv[record.instance_id] = record.kv_blocks_in_use
 
     def close(self, end_ns: int) -> None:
         """End of the run at end_ns: emit the full intervals up to it, then the partial one (if it has length)."""
@@ -310,6 +314,7 @@ class IntervalLog:
             batch=tuple(self._batch),
             npu_mem_bytes=tuple(self._mem),
             partial=partial,
+            kv_blocks_in_use=tuple(self._kv),
         )
         self.rows.append(row)
         if self.emit is not None:
@@ -326,14 +331,14 @@ def interval_log_path(output: Path) -> Path:
 
 
 def write_interval_csv(path: Path, rows: Sequence[IntervalRow]) -> None:
-    """The interval rows as CSV: time in s at the interval's end, counts, rates, then per instance batch and
-    npu_mem (bytes)."""
+    """The interval rows as CSV: time in s at the interval's end, counts, rates, then per instance batch,
+    npu_mem (bytes) and KV blocks in use."""
     num_instances = len(rows[0].batch) if rows else 1
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["time_s", "step", "prompt_tokens", "decode_tokens", "prompt_tok_s", "decode_tok_s", "partial"]
     for i in range(num_instances):
-        header += [f"inst{i}_batch", f"inst{i}_npu_mem_bytes"]
+        header += [f"inst{i}_batch", f"inst{i}_npu_mem_bytes", f"inst{i}_kv_blocks"]
     writer.writerow(header)
     for row in rows:
         values: list[Any] = [
@@ -345,8 +350,8 @@ def write_interval_csv(path: Path, rows: Sequence[IntervalRow]) -> None:
             f"{row.decode_tok_s:.6g}",
             int(row.partial),
         ]
-        for b, m in zip(row.batch, row.npu_mem_bytes, strict=True):
-            values += [b, m]
+        for b, m, kv in zip(row.batch, row.npu_mem_bytes, row.kv_blocks_in_use, strict=True):
+            values += [b, m, kv]
         writer.writerow(values)
     write_atomic(path, buffer.getvalue().encode())
 
