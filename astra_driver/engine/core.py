@@ -255,6 +255,10 @@ class Engine:
         self._finished_front: set[int] = set()  # ranks where a graph finished since the last compaction check
         self._instances: dict[tuple[str, int], _Instance] = {}
         self._phase_cache: dict[tuple, list[int]] = {}
+        self._single_cache: dict[tuple, list[int]] = {}  # one-phase collectives: relative finishes per member
+        self._plan_cache: dict[tuple, tuple[list[PhasePlan], int]] = {}  # (group, type, size, dims) -> phases
+        self._group_cache: dict[str | None, tuple[str, tuple[int, ...], frozenset[int]]] = {}
+        self._lines: dict[tuple[int, int], tuple[int, ...]] = {}
         # ASTRA-Sim's DoubleBinaryTreeTopology counters: one per (logical topology = collective type, dimension),
         # advanced once per chunk and doubleBinaryTree phase on that dimension, on every NPU alike.
         self._tree_calls: dict[tuple[int, int], int] = {}
@@ -320,24 +324,36 @@ class Engine:
         if at < self.now:
             raise PipesimError(f"add_graph: at_ns {at} is before the simulation's current tick {self.now}")
         state = self.ranks[rank]
-        nodes = sorted(graph.nodes, key=_node_id)
+        nodes = graph.nodes
         first = len(state.ids)
+        index_of: dict[int, int] | _Offset
+        if all(node.id == position for position, node in enumerate(nodes)):
+            index_of = _Offset(first, len(nodes))  # ids 0..n-1 in order (what pipesim writes): no lookup table
+            nodes = list(nodes)
+        else:
+            nodes = sorted(nodes, key=_node_id)
+            index_of = {}
+            for offset, node in enumerate(nodes):
+                if node.id in index_of:
+                    raise PipesimError(f"rank {rank}: node id {node.id} appears twice; ids must be unique per graph")
+                index_of[node.id] = first + offset
         handle = GraphHandle(rank, self.graphs_added, first, len(nodes), at, len(nodes), None, 0, nodes, on_done)
         handle.workload = _workload
         self.graphs_added += 1
-        index_of: dict[int, int] = {}
-        for offset, node in enumerate(nodes):
-            if node.id in index_of:
-                raise PipesimError(f"rank {rank}: node id {node.id} appears twice; ids must be unique per graph")
-            index_of[node.id] = first + offset
         ids, names, types, kinds, slots = state.ids, state.names, state.types, state.kinds, state.slots
         durations, pending, children = state.durations, state.pending, state.children
+        # GPU compute nodes replayed from their duration, the bulk of every graph, skip _classify.
+        plain_compute = not self._roofline and not self._replay_only
         for node in nodes:
             index = len(ids)
-            kind, slot, duration = self._classify(rank, node)
+            node_type = node.type
+            if plain_compute and node_type == _COMP and not node.is_cpu_op:
+                kind, slot, duration = K_TIMED, S_GPU, node.duration_micros * 1000 or 1
+            else:
+                kind, slot, duration = self._classify(rank, node)
             ids.append(node.id)
             names.append(node.name)
-            types.append(int(node.type))
+            types.append(int(node_type))
             kinds.append(kind)
             slots.append(slot)
             durations.append(duration)
@@ -345,8 +361,10 @@ class Engine:
             parents = node.data_deps
             if node.ctrl_deps:
                 parents = list(dict.fromkeys([*parents, *node.ctrl_deps]))
+            elif len(parents) > 1:
+                parents = list(dict.fromkeys(parents))
             count = 0
-            for parent in dict.fromkeys(parents):
+            for parent in parents:
                 parent_index = index_of.get(parent)
                 if parent_index is None:
                     state.missing.setdefault(index, []).append(parent)
@@ -718,22 +736,27 @@ class Engine:
     def _collective(self, state: _Rank, index: int, tick: int) -> None:
         node = self._node(state, index)
         rank = state.rank
-        group = group_key(node.pg_name)  # "01" and "1" name one group, as ASTRA-Sim's stoi reads them
-        if group in ("", "0"):
-            members: tuple[int, ...] = tuple(range(self.npus))
-            group = ""
-        else:
-            members = self.groups.get(group)  # type: ignore[assignment]
-            if members is None:
-                raise PipesimError(
-                    f"rank {rank} node {node.id} {node.name}: pg_name {group!r} names no communicator group "
-                    f"(known: {', '.join(sorted(self.groups)) or 'none'}; pass --comm-group-configuration)"
-                )
-            if rank not in members:
-                raise PipesimError(
-                    f"rank {rank} node {node.id} {node.name}: rank {rank} is not in communicator group {group} "
-                    f"{list(members)}"
-                )
+        resolved = self._group_cache.get(node.pg_name)
+        if resolved is None:
+            group = group_key(node.pg_name)  # "01" and "1" name one group, as ASTRA-Sim's stoi reads them
+            if group in ("", "0"):
+                members: tuple[int, ...] = tuple(range(self.npus))
+                group = ""
+            else:
+                members = self.groups.get(group)  # type: ignore[assignment]
+                if members is None:
+                    raise PipesimError(
+                        f"rank {rank} node {node.id} {node.name}: pg_name {group!r} names no communicator group "
+                        f"(known: {', '.join(sorted(self.groups)) or 'none'}; pass --comm-group-configuration)"
+                    )
+            resolved = (group, members, frozenset(members))
+            self._group_cache[node.pg_name] = resolved
+        group, members, member_set = resolved
+        if rank not in member_set:
+            raise PipesimError(
+                f"rank {rank} node {node.id} {node.name}: rank {rank} is not in communicator group {group} "
+                f"{list(members)}"
+            )
         seq = state.coll_seq.get(group, 0)
         state.coll_seq[group] = seq + 1
         key = (group, seq)
@@ -772,8 +795,11 @@ class Engine:
             # meanwhile, so a line's whole collective is timed in one go when its last member arrives.
             plan = instance.phases[0]
             line = instance.members if plan.local else self._line(rank, plan.dim)
-            if all(member in instance.issued for member in line):
-                self._single_phase(instance, plan, line)
+            issued = instance.issued
+            for member in line:
+                if member not in issued:
+                    return
+            self._single_phase(instance, plan, line)
             return
         for chunk in range(instance.chunks):
             self._enter_phase(_Stream(instance, rank, index, chunk, priority), tick)
@@ -789,6 +815,18 @@ class Engine:
         """
         threshold = self._threshold
         issue_ticks = [instance.issued[member][1] for member in line]
+        # The result only depends on the issue ticks relative to the earliest: memoised (serving iterations
+        # repeat the same TP all-reduces thousands of times).
+        base = min(issue_ticks)
+        relative = tuple(t - base for t in issue_ticks)
+        memo_key = (plan, line, relative, instance.chunks)
+        memo = self._single_cache.get(memo_key)
+        if memo is not None:
+            for position, member in enumerate(line):
+                index = instance.issued[member][0]
+                del self.ranks[member].colls_left[index]
+                self._push(base + memo[position], E_DONE, member, index)
+            return
         running: list[list[int]] = [[] for _ in line]
         done = list(issue_ticks)
         for chunk in range(instance.chunks):
@@ -806,18 +844,37 @@ class Engine:
                 heapq.heappush(running[position], finish)
                 if finish > done[position]:
                     done[position] = finish
+        if len(self._single_cache) >= PHASE_CACHE_LIMIT:
+            self._single_cache.clear()
+        self._single_cache[memo_key] = [finish - base for finish in done]
         for position, member in enumerate(line):
             index = instance.issued[member][0]
             del self.ranks[member].colls_left[index]
             self._push(done[position], E_DONE, member, index)
 
     def _line(self, rank: int, dim: int) -> tuple[int, ...]:
-        stride = self._strides[dim]
-        count = self.network.counts[dim]
-        base = rank - ((rank // stride) % count) * stride
-        return tuple(base + i * stride for i in range(count))
+        line = self._lines.get((rank, dim))
+        if line is None:
+            stride = self._strides[dim]
+            count = self.network.counts[dim]
+            base = rank - ((rank // stride) % count) * stride
+            line = tuple(base + i * stride for i in range(count))
+            self._lines[(rank, dim)] = line
+        return line
 
     def _new_instance(self, key, comm_type: int, size: int, members: tuple[int, ...], node, rank: int) -> _Instance:
+        involved = tuple(node.involved_dim) if node.involved_dim is not None and not key[0] else None
+        plan_key = (key[0], comm_type, size, involved)
+        cached = self._plan_cache.get(plan_key)
+        if cached is not None:
+            return _Instance(key, comm_type, size, members, cached[0], cached[1])
+        instance = self._plan_instance(key, comm_type, size, members, node, rank)
+        # doubleBinaryTree phases depend on a counter that moves with every collective: never reused.
+        if not any(plan.algorithm == DOUBLE_BINARY_TREE for plan in instance.phases):
+            self._plan_cache[plan_key] = (instance.phases, instance.chunks)
+        return instance
+
+    def _plan_instance(self, key, comm_type: int, size: int, members: tuple[int, ...], node, rank: int) -> _Instance:
         # Sys::determine_chunk_size: comm_size // splits, but at least one byte per NPU of the whole network
         # (groups included) for everything but all-gather: then the collective becomes `splits` chunks of that
         # many bytes. Sys::generate_collective then subtracts whole chunks until nothing is left, every chunk
@@ -1015,6 +1072,19 @@ class Engine:
 
 def _node_id(node) -> int:
     return node.id
+
+
+class _Offset:
+    """index_of for a graph whose ids are 0..count-1 in order: id -> first + id."""
+
+    __slots__ = ("first", "count")
+
+    def __init__(self, first: int, count: int) -> None:
+        self.first = first
+        self.count = count
+
+    def get(self, node_id: int) -> int | None:
+        return self.first + node_id if 0 <= node_id < self.count else None
 
 
 def _per_dim(names: list[str], dims: int) -> list[str]:
