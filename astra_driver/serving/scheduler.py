@@ -20,8 +20,6 @@ from astra_driver.serving.request import Request, RequestStatus
 from llm_converter.errors import PipesimError
 from llm_converter.iteration import Iteration, PrefillChunk
 
-GIB = 1 << 30
-
 
 def defaults_for(
     device_memory_gib: float,
@@ -50,6 +48,8 @@ def defaults_for(
 
 @dataclass(frozen=True)
 class SchedulerConfig:
+    """vLLM's scheduler and cache flags, one instance's worth (defaults: vLLM 0.19's server on a large GPU)."""
+
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 1024
     block_size: int = 16
