@@ -320,12 +320,7 @@ class ServingLoop:
 
     def _complete(self, inst: InstanceRun, batch_id: int, tick: int) -> None:
         batch, start, kv_blocks, _ = inst.inflight.pop(batch_id)
-        scheduler = inst.scheduler
-        sampled_before = {e.request_id: self._request(inst, e.request_id).num_generated for e in batch.entries}
-        finished = scheduler.finish_batch(batch, tick)
-        tokens = [
-            rid for rid, before in sampled_before.items() if self._request(inst, rid, finished).num_generated > before
-        ]
+        finished = inst.scheduler.finish_batch(batch, tick)
         record = IterationRecord.for_batch(
             inst.instance_id,
             batch,
@@ -339,6 +334,13 @@ class ServingLoop:
         if self.log is not None:
             self.log.observe(record)
         if self.trace_writer is not None:
+            # A request got a token from this batch when its last token is from now (one batch holds a request
+            # at a time, so no other batch gave it one at this tick).
+            tokens = []
+            for entry in batch.entries:
+                times = self._request(inst, entry.request_id).token_times_ns
+                if entry.samples_token and times and times[-1] == tick:
+                    tokens.append(entry.request_id)
             self.trace_writer.end_iteration(inst, batch_id, tick, tokens, kv_blocks, record.npu_mem_bytes)
         for request in finished:
             if inst.pd_type == "prefill":
@@ -348,7 +350,7 @@ class ServingLoop:
         if inst.waiting_kv:
             inst.waiting_kv = [r for r in inst.waiting_kv if not admit_transferred(inst.scheduler, r)]
 
-    def _request(self, inst: InstanceRun, request_id: int, finished: Sequence[Request] = ()) -> Request:
+    def _request(self, inst: InstanceRun, request_id: int) -> Request:
         if inst.pd_type == "prefill":
             return self.proxies[request_id]
         return self.by_id[request_id]
