@@ -21,8 +21,17 @@ REFRESH_S = 0.1  # the least wall time between two redraws
 class ServingProgress:
     """Context manager; `enabled=None` shows the bar exactly when `stream` (stderr by default) is a terminal."""
 
-    def __init__(self, total_requests: int, enabled: bool | None = None, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        total_requests: int,
+        enabled: bool | None = None,
+        stream: IO[str] | None = None,
+        unit: str = "requests",
+        show_sim_time: bool = True,
+    ) -> None:
         self.total_requests = total_requests
+        self.unit = unit  # what is counted (`pipesim sweep` counts "points" and has no simulated time)
+        self.show_sim_time = show_sim_time
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = _is_terminal(self.stream) if enabled is None else enabled
         self._progress: Any = None
@@ -40,7 +49,7 @@ class ServingProgress:
                 TextColumn("simulating"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("requests, sim {task.fields[sim_s]:.3f} s"),
+                TextColumn(self.unit + (", sim {task.fields[sim_s]:.3f} s" if self.show_sim_time else "")),
                 TimeElapsedColumn(),
                 console=Console(file=self.stream),
                 transient=True,  # the summary printed after the run replaces it

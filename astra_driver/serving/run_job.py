@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from astra_driver.cluster_config import load_cluster_config
+from astra_driver.cluster_config import ClusterConfig, load_cluster_config
 from astra_driver.paths import check_output_path
 from astra_driver.serving.loop import ServingResult, ServingRunConfig, run_serving
 from astra_driver.serving.metrics import (
@@ -24,6 +24,7 @@ from astra_driver.serving.metrics import (
     write_requests_csv,
 )
 from astra_driver.serving.progress import ServingProgress
+from astra_driver.serving.request import Request
 from astra_driver.serving.workload import load_workload
 from llm_converter.errors import PipesimError
 
@@ -69,15 +70,24 @@ def check_flags(request: RunRequest) -> None:
         raise PipesimError(f"--log-interval {request.log_interval_s:g}: must be > 0 seconds of simulated time")
 
 
-def serve(request: RunRequest, emit: Callable[[str], None] | None = None) -> RunOutcome:
-    """Run the serving simulation and write the outputs; `emit` receives the interval log lines."""
+def serve(
+    request: RunRequest,
+    emit: Callable[[str], None] | None = None,
+    cluster: ClusterConfig | None = None,
+    requests: list[Request] | None = None,
+) -> RunOutcome:
+    """Run the serving simulation and write the outputs; `emit` receives the interval log lines. `cluster` and
+    `requests`, when given, replace reading request.cluster_config and request.dataset (sweeps and capacity
+    searches pass an edited cluster dict, a generated workload or rescaled arrivals)."""
     check_flags(request)
     if request.output is not None:
         check_output_path(request.output, "--output")
     if request.keep_traces is not None:
         check_output_path(request.keep_traces, "--keep-traces", folder=True)
-    cluster = load_cluster_config(request.cluster_config, dtype=request.dtype)
-    requests = load_workload(request.dataset)
+    if cluster is None:
+        cluster = load_cluster_config(request.cluster_config, dtype=request.dtype)
+    if requests is None:
+        requests = load_workload(request.dataset)
     interval_ns = round(request.log_interval_s * NS_PER_S) if request.log_interval_s else None
     with ServingProgress(len(requests), enabled=request.show_progress) as progress:
         config = ServingRunConfig(
