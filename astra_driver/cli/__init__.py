@@ -64,6 +64,7 @@ _VERB_MODULES = {
     "schedule": "schedule_cmd",
     "run": "serving_cmd",
     "simulate": "serving_cmd",
+    "report": "report_cmd",
 }
 
 
