@@ -276,6 +276,7 @@ def build_timeline(
     pending: list[tuple[int, int, int, int, str, str, dict[str, Any]]] = []
     total = 0
     used_slots: dict[int, set[int]] = {}
+    kinds: dict[int, tuple[int, str]] = {}  # node type -> (slot index, type name), computed once per type
     for rank, times in enumerate(node_times):
         if keep_ranks is not None and rank not in keep_ranks:
             continue
@@ -285,8 +286,11 @@ def build_timeline(
             total += 1
             if window is not None and not window.overlaps(issue_ns, end_ns):
                 continue
-            slot = SLOTS.index(slot_of(node_type))
-            args: dict[str, Any] = {"node_id": node_id, "type": _type_name(node_type)}
+            kind = kinds.get(node_type)
+            if kind is None:
+                kind = kinds[node_type] = (SLOTS.index(slot_of(node_type)), _type_name(node_type))
+            slot, type_name = kind
+            args: dict[str, Any] = {"node_id": node_id, "type": type_name}
             known = lookup(rank, node_id)
             if known is not None:
                 if known.bytes is not None:
