@@ -274,7 +274,7 @@ def _show(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -288,13 +288,20 @@ def _read_text(path: Path, what: str) -> str:
     if b"\x00" in data:
         line = data.count(b"\n", 0, data.index(b"\x00")) + 1
         raise PipesimError(f"{path}: line {line}: a NUL byte (UTF-16 text?); save the {what} as UTF-8")
+    return data
+
+
+def _not_utf8(path: Path, what: str, data: bytes, exc: UnicodeDecodeError) -> PipesimError:
+    line = data.count(b"\n", 0, exc.start) + 1
+    return PipesimError(f"{path}: line {line}, byte {exc.start}: not valid UTF-8 text; save the {what} as UTF-8")
+
+
+def _read_text(path: Path, what: str) -> str:
+    data = _read_bytes(path, what)
     try:
         return data.decode("utf-8-sig")  # a UTF-8 byte-order mark is skipped, as nlohmann::json and yaml-cpp do
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise PipesimError(
-            f"{path}: line {line}, byte {exc.start}: not valid UTF-8 text; save the {what} as UTF-8"
-        ) from None
+        raise _not_utf8(path, what, data, exc) from None
 
 
 # The config files hold flat lists: a few levels of [ ] / { }. Deeper text is refused before parsing, with its
@@ -320,17 +327,42 @@ def _integer(text: str) -> int | HugeInteger:
     return HugeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(text)
 
 
-def _check_no_huge_integer(path: Path, data: Any, where: str = "") -> None:
-    """Refuse the first HugeInteger anywhere in `data` (nesting is bounded already), naming its field."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _field_label(name: str) -> str:
+    """A field path for a message: short, with undecodable bytes shown as \\xNN (the name may hold them)."""
+    try:
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        pass  # a lone surrogate from a JSON escape: PipesimError shows it as \\udNNN
+    return _REPR.repr_str(name, 0)[1:-1] if len(name) > _REPR.maxstring else name
+
+
+def _check_values(path: Path, data: Any, where: str = "") -> None:
+    """Refuse, naming its field, the first value no ASTRA-Sim reader takes: an integer no double holds, or text
+    that is not UTF-8 (bytes read as lone surrogates, or a JSON escape of a lone UTF-16 surrogate, which
+    nlohmann::json refuses). Nesting is bounded already."""
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
     for key, value in items:
-        field_name = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
+        name = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
+        label = _field_label(name)
         if isinstance(value, HugeInteger):
             raise PipesimError(
-                f"{path}: {_REPR.repr_str(field_name, 0)[1:-1]}: an integer of {value.digits} digits; no double "
-                "holds it and no field takes it"
+                f"{path}: {label}: an integer of {value.digits} digits; no double holds it and no field takes it"
             )
-        _check_no_huge_integer(path, value, field_name)
+        for text in (key, value) if isinstance(key, str) else (value,):
+            match = _SURROGATE.search(text) if isinstance(text, str) else None
+            if match is None:
+                continue
+            if "\udc80" <= match.group() <= "\udcff":
+                byte = ord(match.group()) - 0xDC00
+                raise PipesimError(f"{path}: {label}: not valid UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8")
+            raise PipesimError(
+                f"{path}: {label}: a lone UTF-16 surrogate (\\u{ord(match.group()):04x}), which ASTRA-Sim's JSON "
+                "reader refuses; write the character itself"
+            )
+        _check_values(path, value, name)
 
 
 def _nesting_line(text: str) -> int | None:
@@ -385,7 +417,14 @@ def _parse_failure(path: Path, what: str, exc: BaseException) -> PipesimError:
 
 def _load_json_object(path: Path, what: str) -> tuple[dict[str, Any], list[str]]:
     """The top-level object of a JSON file, and the keys that appear in it more than once."""
-    text = _read_text(path, what)
+    data_bytes = _read_bytes(path, what)
+    bad_utf8: UnicodeDecodeError | None = None
+    try:
+        text = data_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Keep reading, with the bad bytes as lone surrogates, to name the field that holds them.
+        bad_utf8 = exc
+        text = data_bytes.decode("utf-8-sig", "surrogateescape")
     _check_nesting(path, text, what)
     repeated: list[str] = []
 
@@ -400,12 +439,14 @@ def _load_json_object(path: Path, what: str) -> tuple[dict[str, Any], list[str]]
     try:
         data = json.loads(text, object_pairs_hook=pairs, parse_int=_integer)
     except json.JSONDecodeError as exc:
+        if bad_utf8 is not None:
+            raise _not_utf8(path, what, data_bytes, bad_utf8) from None
         raise PipesimError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); fix the {what}") from None
     except (RecursionError, ValueError) as exc:
         raise _parse_failure(path, what, exc) from None
     if not isinstance(data, dict):
         raise PipesimError(f"{path}: the {what} must be a JSON object of key: value pairs")
-    _check_no_huge_integer(path, data)
+    _check_values(path, data)
     return data, repeated
 
 
@@ -482,7 +523,7 @@ def load_network(path: Path | str) -> NetworkConfig:
         raise _parse_failure(path, what, exc) from None
     if not isinstance(data, dict):
         raise PipesimError(f"{path}: expected keys topology, npus_count, bandwidth, latency (a YAML mapping)")
-    _check_no_huge_integer(path, data)
+    _check_values(path, data)
     for key in ("topology", "npus_count", "bandwidth", "latency"):
         if key not in data:
             raise PipesimError(f"{path}: missing key '{key}' (one entry per network dimension)")

@@ -229,7 +229,9 @@ def _hostile(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 HOSTILE = {
-    "invalid UTF-8": (b'{"memory-type": "NO_MEMORY\xff\xfe"}', "line 1, byte 26: not valid UTF-8 text"),
+    "invalid UTF-8": (b'{"memory-type": "NO_MEMORY\xff\xfe"}', "memory-type: not valid UTF-8 text (byte 0xff)"),
+    "invalid UTF-8 outside text": (b'{"memory-type":\n \xc3 "x"}', "line 2, byte 17: not valid UTF-8 text"),
+    "lone UTF-16 surrogate": (b'{"a": ["ok", "\\ud800"]}', "a[1]: a lone UTF-16 surrogate (\\ud800)"),
     "UTF-16": ('{"memory-type": "NO_MEMORY_EXPANSION"}'.encode("utf-16"), "UTF-16 text; save it as UTF-8"),
     "JSON nested 1000 deep": (b'{"a":\n ' + b"[" * 1000 + b"]" * 1000 + b"}", "line 2: nested over 16 levels"),
     "integer of 5000 digits": (b'{"remote-mem-bw": ' + b"9" * 5000 + b"}", "remote-mem-bw: an integer of 5000 digits"),
