@@ -33,7 +33,7 @@ from astra_driver.engine import simulate
 from astra_driver.engine.core import K_TIMED, S_COMM, Engine
 from llm_converter.chakra.writer import write_workload
 from llm_converter.errors import PipesimError
-from llm_converter.graph import Graph, Node, NodeType
+from llm_converter.graph import Graph, Node, NodeType, Workload
 from llm_converter.graphs.training import (
     TrainingGraphSpec,
     TrainingPlan,
@@ -98,6 +98,7 @@ class TrainingConfig:
     backend: str = "builtin"
     out_dir: Path | None = None
     representative: bool = False
+    record_node_times: bool = False  # keep every simulated node's issue/end ticks (timelines)
 
 
 @dataclass
@@ -160,6 +161,9 @@ class TrainingResult:
     backend: str
     files: list[Path] = field(default_factory=list)
     peak_tflops: float = 0.0
+    # Per NPU (node_id, name, type, issue_ns, end_ns) when recorded; empty for NPUs not simulated.
+    node_times: list[list[tuple[int, str, int, int, int]]] | None = None
+    workload: Workload | None = None  # the simulated graphs (builtin, full simulation), for timeline facts
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -324,7 +328,7 @@ def build_training(config: TrainingConfig) -> TrainingBuild:
     plan = TrainingPlan(config.tp, config.pp, config.dp, stage_blocks, tuple(schedule.stage_to_rank))
     sp = config.sequence_parallel and config.tp > 1
     pre, block, post = training_layers(
-        model, config.micro_batch_size, config.seq_len, config.tp, config.dtype, sequence_parallel=sp
+        model, config.micro_batch_size, config.seq_len, config.tp, config.dtype, sequence_parallel=sp, sms=hardware.sms
     )
     roofline = RooflineModel(hardware)
     last = plan.num_stages - 1
@@ -442,6 +446,8 @@ class _Simulated:
     busy_ns: dict[int, int]  # NPU -> compute
     nodes: int
     npus: int
+    node_times: list | None = None
+    workload: Workload | None = None
 
 
 def _simulate_representative(build: TrainingBuild) -> _Simulated:
@@ -456,7 +462,13 @@ def _simulate_representative(build: TrainingBuild) -> _Simulated:
         if node.type == NodeType.COMM_COLL_NODE and node.pg_name
     ]
     fixed = probe_collective_ns(build.astra, plan.npus, wanted)
-    engine = _FixedCollectiveEngine(build.astra, npus=plan.npus, comm_groups=build.astra.comm_groups, fixed_ns=fixed)
+    engine = _FixedCollectiveEngine(
+        build.astra,
+        npus=plan.npus,
+        comm_groups=build.astra.comm_groups,
+        record_node_times=build.config.record_node_times,
+        fixed_ns=fixed,
+    )
     with paused_gc():
         for rank, graph in zip(ranks, graphs, strict=True):
             engine.add_graph(rank, graph, 0)
@@ -464,7 +476,7 @@ def _simulate_representative(build: TrainingBuild) -> _Simulated:
     result = engine.result()
     finish = {rank: result.finish_ns[rank] for rank in ranks}
     busy = {rank: result.finish_ns[rank] - result.exposed_comm_ns[rank] for rank in ranks}
-    return _Simulated(finish, busy, sum(len(g.nodes) for g in graphs), len(ranks))
+    return _Simulated(finish, busy, sum(len(g.nodes) for g in graphs), len(ranks), result.node_times)
 
 
 def _write_traces(build: TrainingBuild, out_dir: Path) -> list[Path]:
@@ -495,6 +507,7 @@ def _simulate_backend(build: TrainingBuild, out_dir: Path | None) -> tuple[_Simu
             memory=folder / MEMORY_FILE,
             comm_groups=groups if groups.exists() else None,
             logging_folder=folder / "log",
+            record_node_times=build.config.record_node_times,
         )
         result = replay(run, build.config.backend)
     finally:
@@ -502,7 +515,10 @@ def _simulate_backend(build: TrainingBuild, out_dir: Path | None) -> tuple[_Simu
             shutil.rmtree(folder, ignore_errors=True)
     finish = dict(enumerate(result.finish_ns))
     busy = {rank: f - e for rank, (f, e) in enumerate(zip(result.finish_ns, result.exposed_comm_ns, strict=True))}
-    return _Simulated(finish, busy, 0, build.plan.npus), files if out_dir is not None else []
+    node_times = None
+    if result.node_times is not None:
+        node_times = [[tuple(entry) for entry in rank] for rank in result.node_times]
+    return _Simulated(finish, busy, 0, build.plan.npus, node_times), files if out_dir is not None else []
 
 
 def simulate_training(build: TrainingBuild) -> tuple[_Simulated, list[Path]]:
@@ -515,10 +531,11 @@ def simulate_training(build: TrainingBuild) -> tuple[_Simulated, list[Path]]:
     if config.representative:
         return _simulate_representative(build), files
     workload = build_training_workload(build.spec)
-    result = simulate(workload, build.astra)
+    result = simulate(workload, build.astra, record_node_times=config.record_node_times)
     finish = dict(enumerate(result.finish_ns))
     busy = {rank: f - e for rank, (f, e) in enumerate(zip(result.finish_ns, result.exposed_comm_ns, strict=True))}
-    return _Simulated(finish, busy, workload.node_count(), workload.npus), files
+    recorded = workload if config.record_node_times else None
+    return _Simulated(finish, busy, workload.node_count(), workload.npus, result.node_times, recorded), files
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -602,6 +619,8 @@ def run_training(config: TrainingConfig) -> TrainingResult:
         backend=config.backend,
         files=files,
         peak_tflops=hardware.peak_tflops,
+        node_times=simulated.node_times,
+        workload=simulated.workload,
     )
 
 

@@ -38,6 +38,7 @@ RECOMPUTE_MODES = ("none", "selective", "full")
 # cuBLAS tile of a large bf16 GEMM (rows x columns of the output per thread block).
 GEMM_TILE_ROWS = 256
 GEMM_TILE_COLS = 128
+SPLIT_K_MIN_DEPTH = 256  # split-K slices keep at least this much of the reduction dimension
 # FlashAttention-2's backward runs five matmuls per tile where the forward runs two.
 ATTENTION_BACKWARD_FACTOR = 2.5
 CROSS_ENTROPY_FLOPS = 5  # per logit: max, exp, sum, divide, pick
@@ -91,6 +92,15 @@ def _tiles(rows: int, cols: int) -> int:
     return -(-rows // GEMM_TILE_ROWS) * -(-cols // GEMM_TILE_COLS)
 
 
+def gemm_ctas(rows: int, cols: int, depth: int, sms: int) -> int:
+    """Thread blocks of a rows x cols output GEMM over `depth`: one per output tile, and when the tiles leave SMs
+    idle, cuBLAS's split-K cuts the depth into up to ceil(sms / tiles) slices of at least SPLIT_K_MIN_DEPTH."""
+    tiles = _tiles(rows, cols)
+    if tiles >= sms:
+        return tiles
+    return tiles * max(1, min(-(-sms // tiles), depth // SPLIT_K_MIN_DEPTH))
+
+
 def _scaled(op: LayerOp, factor: float, name: str | None = None) -> LayerOp:
     return replace(
         op,
@@ -119,9 +129,16 @@ def check_training_shape(model: ModelSpec, micro_batch: int, seq_len: int, tp: i
 
 
 def training_layers(
-    model: ModelSpec, micro_batch: int, seq_len: int, tp: int, dtype: str, sequence_parallel: bool = False
+    model: ModelSpec,
+    micro_batch: int,
+    seq_len: int,
+    tp: int,
+    dtype: str,
+    sequence_parallel: bool = False,
+    sms: int = 0,
 ) -> tuple[list[TrainingLayer], list[TrainingLayer], list[TrainingLayer]]:
-    """(pre, ONE decoder block, post) training layers of one microbatch on one TP rank."""
+    """(pre, ONE decoder block, post) training layers of one microbatch on one TP rank. With `sms` (the GPU's SM
+    count) GEMMs carry their thread-block count for the roofline's wave quantisation; 0: they fill the GPU."""
     check_training_shape(model, micro_batch, seq_len, tp, sequence_parallel)
     iteration = microbatch_iteration(micro_batch, seq_len)
     pre_ops, block_ops, post_ops = iteration_ops(model, iteration, tp, dtype)
@@ -157,14 +174,18 @@ def training_layers(
         if name in GEMM_LAYERS or name == "experts":
             d_in, d_out = gemm_dims(model, name, tp, dtype)
             rows = tokens * model.experts_per_token if name == "experts" else tokens
+
+            def ctas(out_rows: int, out_cols: int, depth: int) -> int:
+                return gemm_ctas(out_rows, out_cols, depth, sms) if sms else 0
+
             return TrainingLayer(
                 name,
                 op.scope,
                 op.params,
-                replace(op, ctas=_tiles(rows, d_out)),
-                replace(op, ctas=_tiles(rows, d_in)),
-                # dW = X^T dY, accumulated into the fp32 main_grad (read + write)
-                replace(op, bytes=op.bytes + op.params * 2 * FP32, ctas=_tiles(d_in, d_out)),
+                replace(op, ctas=ctas(rows, d_out, d_in)),  # Y = X W: T x d_out over d_in
+                replace(op, ctas=ctas(rows, d_in, d_out)),  # dX = dY W^T: T x d_in over d_out
+                # dW = X^T dY: d_in x d_out over T, accumulated into the fp32 main_grad (read + write)
+                replace(op, bytes=op.bytes + op.params * 2 * FP32, ctas=ctas(d_in, d_out, rows)),
                 **comms(name, op.tp_all_reduce),
             )
         if name == "attention":

@@ -2,6 +2,7 @@
 microbatches of one 8192-token sequence, sequence parallel, distributed optimizer, selective recompute, H100.
 
 For each scale it prints the nodes of the whole step (every NPU's graph), the wall time and peak memory:
+Wall time depends on what else the machine runs; the CPU time of this process is printed beside it.
 - 1024 NPUs (dp 8): every NPU's graph is generated; the step is simulated in representative mode (one NPU per
   pipeline rank, collectives timed on their real groups), which gives the full simulation's step time to the
   ns (tests/test_training_graphs.py; at this scale too: `--full` runs all 8.8M nodes through the engine).
@@ -56,6 +57,7 @@ def main() -> None:
         dp = npus // (BASE.tp * BASE.pp)
         config = replace(BASE, dp=dp)
         start = time.perf_counter()
+        cpu_start = time.process_time()
         build = build_training(config)
         if npus <= 1024:
             with paused_gc():
@@ -70,10 +72,11 @@ def main() -> None:
         simulate_start = time.perf_counter()
         result = run_training(config)
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
         print(
             f"{npus:>6} NPUs (tp 8 x pp 16 x dp {dp}): {nodes:,} nodes ({generated}); simulated "
             f"{result.nodes:,} nodes on {result.simulated_npus} NPUs in {time.perf_counter() - simulate_start:.1f} s; "
-            f"wall {wall:.1f} s, peak memory {_peak_gb():.2f} GB"
+            f"wall {wall:.1f} s (CPU {cpu:.1f} s), peak memory {_peak_gb():.2f} GB"
         )
         print(
             f"        step {result.step_time_ns / 1e9:.3f} s, bubble {result.bubble_fraction * 100:.1f}%, "

@@ -15,6 +15,18 @@ from typing import Annotated
 import typer
 
 from astra_driver.cli import app
+from astra_driver.report.gantt import DEFAULT_MAX_ROWS
+from astra_driver.report.outputs import (
+    TimelineFlag,
+    TimelineMaxEventsFlag,
+    TimelineNpusFlag,
+    TimelinePngFlag,
+    TimelineRequest,
+    TimelineRowsFlag,
+    TimelineWindowFlag,
+    write_timelines,
+)
+from astra_driver.report.timeline import DEFAULT_MAX_EVENTS, node_facts
 from astra_driver.training import TrainingConfig, run_training
 from llm_converter.errors import PipesimError
 
@@ -79,8 +91,17 @@ def train(
         bool, typer.Option("--representative", help="Simulate one NPU per pipeline rank (identical others).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    timeline: TimelineFlag = None,
+    timeline_png: TimelinePngFlag = None,
+    timeline_window: TimelineWindowFlag = None,
+    timeline_npus: TimelineNpusFlag = None,
+    timeline_max_events: TimelineMaxEventsFlag = DEFAULT_MAX_EVENTS,
+    timeline_rows: TimelineRowsFlag = DEFAULT_MAX_ROWS,
 ) -> None:
     """Simulate one training step: step time, bubble, tokens/s, TFLOPs/GPU, MFU, memory per stage."""
+    timelines = TimelineRequest.from_flags(
+        timeline, timeline_png, timeline_window, timeline_npus, timeline_max_events, timeline_rows
+    )
     config = TrainingConfig(
         model=model,
         hardware=hardware,
@@ -107,6 +128,11 @@ def train(
         backend=backend,
         out_dir=out_dir,
         representative=representative,
+        record_node_times=timelines.wanted,
     )
     result = run_training(config)
+    if timelines.wanted and result.node_times is not None:
+        facts = node_facts(result.workload) if result.workload is not None and timelines.json_path else None
+        metadata = {"model": model, "schedule": result.schedule.name, "step_time_ns": result.step_time_ns}
+        write_timelines(timelines, result.node_times, facts=facts, metadata=metadata)
     typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.summary())

@@ -215,6 +215,18 @@ def _micros(steps: tuple) -> list[int]:
     return out
 
 
+def _template(steps: tuple, with_tp: bool) -> list[tuple[bool, str, int, int, int, int, int]]:
+    """(compute?, name, duration_micros, num_ops or comm_type, tensor_size or comm_size, grads_from, 0) per node of
+    an action; TP collectives are left out on a one-rank TP group (nothing to do)."""
+    out = []
+    for step, duration in zip(steps, _micros(steps), strict=True):
+        if isinstance(step, Compute):
+            out.append((True, step.name, duration, step.flops, step.bytes, step.grads_from, 0))
+        elif with_tp:
+            out.append((False, step.name, 0, int(step.kind), step.size, -1, 0))
+    return out
+
+
 def _dp_kind(distributed_optimizer: bool) -> CollectiveType:
     return CollectiveType.REDUCE_SCATTER if distributed_optimizer else CollectiveType.ALL_REDUCE
 
@@ -238,7 +250,8 @@ def build_rank_graph(spec: TrainingGraphSpec, rank: int) -> Graph:
     dp_kind = _dp_kind(spec.distributed_optimizer)
     last_stage = plan.num_stages - 1
     last_backward = _last_backward(schedule) if dp_pg is not None and spec.overlap_grad_reduce else {}
-    micros_cache: dict[tuple[int, str], list[int]] = {}
+    # Per (stage, letter): the action's nodes as tuples, built once (the hot loop below only fills in ids).
+    templates: dict[tuple[int, str], list[tuple[bool, str, int, int, int, int, int]]] = {}
 
     nodes: list[Node] = []
     append = nodes.append
@@ -266,9 +279,9 @@ def build_rank_graph(spec: TrainingGraphSpec, rank: int) -> Graph:
         stage, letter, mb = action.stage, action.computation.value, action.microbatch
         steps = spec.stage_steps[stage].for_letter(letter)
         key = (stage, letter)
-        micros = micros_cache.get(key)
-        if micros is None:
-            micros = micros_cache[key] = _micros(steps)
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = _template(steps, tp_pg is not None)
         gradient = action.computation in (Computation.B, Computation.I)
         # The message this action waits for: activation from s-1 (F) or gradient from s+1 (B/I).
         peer_stage = stage - 1 if letter == "F" else stage + 1 if gradient else -1
@@ -308,31 +321,62 @@ def build_rank_graph(spec: TrainingGraphSpec, rank: int) -> Graph:
         prefix = f"{action}."
         added = False
         ready_buckets: list[tuple[GradBucket, int]] = []  # (bucket, step node it waits for)
-        for step, duration in zip(steps, micros, strict=True):
+        for compute, name, duration, flops_or_kind, size, grads_from, _ in template:
             node_id = len(nodes)
-            if isinstance(step, Compute):
-                append(
-                    Node(node_id, prefix + step.name, _COMP, deps, _NO_DEPS, duration, 0, False, step.flops, step.bytes)
-                )
-            elif tp_pg is not None:
+            if compute:
+                # Positional (id, name, type, data_deps, ctrl_deps, duration_micros, start_time_micros, is_cpu_op,
+                # num_ops, tensor_size, ..., extra_attrs): most nodes of a step are these.
                 append(
                     Node(
                         node_id,
-                        prefix + step.name,
+                        prefix + name,
+                        _COMP,
+                        deps,
+                        _NO_DEPS,
+                        duration,
+                        0,
+                        False,
+                        flops_or_kind,
+                        size,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        _NO_DEPS,
+                    )  # fmt: skip
+                )
+            else:
+                append(
+                    Node(
+                        node_id,
+                        prefix + name,
                         _COLL,
                         deps,
                         _NO_DEPS,
-                        comm_type=int(step.kind),
-                        comm_size=step.size,
-                        pg_name=tp_pg,
-                    )
+                        0,
+                        0,
+                        False,
+                        None,
+                        None,
+                        flops_or_kind,
+                        None,
+                        None,
+                        None,
+                        size,
+                        None,
+                        tp_pg,
+                        None,
+                        _NO_DEPS,
+                    )  # fmt: skip
                 )
-            else:
-                continue  # a TP collective on one rank: nothing to do
             added = True
             deps = [node_id]
-            if buckets and isinstance(step, Compute) and step.grads_from >= 0:
-                while buckets and buckets[0].first >= step.grads_from:
+            if buckets and grads_from >= 0:
+                while buckets and buckets[0].first >= grads_from:
                     ready_buckets.append((buckets.pop(0), node_id))
         if not added:
             raise PipesimError(f"training graph: stage {stage} has no work for {action}; every action needs a step")
