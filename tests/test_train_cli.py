@@ -83,3 +83,13 @@ def test_astra_sim_backend_replays_the_written_traces(
     busy = [finish - exposed for finish, exposed in zip(SMALL_FINISH_NS, SMALL_EXPOSED_NS, strict=True)]
     assert out["bubble_fraction"] == pytest.approx(1 - sum(busy) / (2 * max(SMALL_FINISH_NS)))
     assert (tmp_path / "run" / "train.1.et").is_file() and (tmp_path / "run" / "network.yml").is_file()
+
+
+def test_timeline_has_every_simulated_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "step.json"
+    args = ["train", *GPT2, "--pp", "2", "--schedule", "zb-h1", "--microbatches", "2", "--seq-len", "128"]
+    assert main([*args, "--timeline", str(path)]) == 0
+    capsys.readouterr()
+    events = json.loads(path.read_text())["traceEvents"]
+    names = {event.get("name", "") for event in events}
+    assert {"0F0.embedding..b5.down_proj", "1I1.cross_entropy.I..b6.input_layernorm.I"} <= names
