@@ -64,6 +64,8 @@ _VERB_MODULES = {
     "schedule": "schedule_cmd",
     "run": "serving_cmd",
     "simulate": "serving_cmd",
+    "sweep": "sweep_cmd",
+    "capacity": "sweep_cmd",
     "report": "report_cmd",
 }
 
