@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,21 @@ def test_timeline_has_every_simulated_node(tmp_path: Path, capsys: pytest.Captur
     events = json.loads(path.read_text())["traceEvents"]
     names = {event.get("name", "") for event in events}
     assert {"0F0.embedding..b5.down_proj", "1I1.cross_entropy.I..b6.input_layernorm.I"} <= names
+
+
+def test_a_deadlocking_custom_schedule_names_its_actions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "stuck.csv"
+    csv.write_text("0F0,0B0\n1B0,1F0\n")  # rank 1 waits for its own forward's gradient before running it
+    assert main(["train", *GPT2, "--pp", "2", "--schedule-csv", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(csv) in err and "1B0" in err
+
+
+@pytest.mark.skipif(not os.environ.get("ASTRA_SIM_BIN"), reason="set ASTRA_SIM_BIN to run the real ASTRA-Sim binary")
+def test_real_astra_sim_finishes_the_step_like_the_builtin_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", *GPT2, "--tp", "2", "--pp", "2", "--schedule", "1f1b", "--microbatches", "4", "--seq-len", "128"]
+    assert main([*args, "--json"]) == 0
+    builtin = json.loads(capsys.readouterr().out)
+    assert main([*args, "--json", "--backend", "astra-sim"]) == 0
+    real = json.loads(capsys.readouterr().out)
+    assert real["step_time_ns"] == pytest.approx(builtin["step_time_ns"], rel=1e-3)
