@@ -112,3 +112,19 @@ def test_real_astra_sim_finishes_the_step_like_the_builtin_engine(capsys: pytest
     assert main([*args, "--json", "--backend", "astra-sim"]) == 0
     real = json.loads(capsys.readouterr().out)
     assert real["step_time_ns"] == pytest.approx(builtin["step_time_ns"], rel=1e-3)
+
+
+def test_network_file_replaces_the_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def step_ns(bandwidth: float) -> int:
+        network = tmp_path / f"net{bandwidth:g}.yml"
+        network.write_text(
+            f"topology: [ FullyConnected ]\nnpus_count: [ 2 ]\nbandwidth: [ {bandwidth} ]\nlatency: [ 1000.0 ]\n"
+        )
+        args = ["train", *GPT2, "--pp", "2", "--microbatches", "4", "--seq-len", "128", "--network", str(network)]
+        assert main([*args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["step_time_ns"]
+
+    assert step_ns(0.1) > step_ns(100.0)
+    network = tmp_path / "net100.yml"
+    assert main(["train", *GPT2, "--pp", "4", "--microbatches", "4", "--network", str(network)]) == 2
+    assert "describes 2 NPUs but tp x pp x dp = 4" in capsys.readouterr().err
