@@ -31,6 +31,7 @@ from tests.fixtures.fake_astra import (
     SMALL_NODE_TICKS,
     STAND_IN_ASSERTION,
     STAND_IN_BIN,
+    write_script,
     write_small_run,
     write_stand_in_image,
 )
@@ -265,5 +266,29 @@ def test_dockerfile_builds_offline_and_runs_in_a_mounted_folder(tmp_path: Path, 
         bad = pipesim("replay", *flags[:3], "--remote-memory-configuration=run/none.json")
         assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
         assert bad.stderr.startswith("pipesim: error: run/none.json: no such file")
+        # `docker stop` sends SIGTERM to pipesim as PID 1: it stops the simulator it started and exits 143.
+        slow = write_script(work / "slow.sh", 'sleep 300 &\necho $! > "$LOG/child.pid"\nwait')
+        if os.geteuid() == 0:
+            os.chown(slow, uid, gid)
+        name = f"pipesim-test-stop-{uuid.uuid4().hex[:8]}"
+        started = _docker(
+            "run", "-d", f"--name={name}", f"--user={uid}:{gid}", "-v", f"{work}:/work", "-w", "/work", tag,
+            "replay", *flags, "--backend=astra-sim", "--astra-sim-bin=/work/slow.sh",
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        try:
+            child = work / "run" / "log" / "child.pid"
+            deadline = time.monotonic() + 60
+            while not (child.is_file() and child.read_text().strip()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            begun = time.monotonic()
+            assert _docker("stop", "-t", "20", name).returncode == 0
+            assert time.monotonic() - begun < 10  # not docker's 20 s grace, then SIGKILL
+            assert _docker("wait", name).stdout.strip() == "143"
+            assert _docker("logs", name).stderr.splitlines() == [
+                "pipesim: interrupted by SIGTERM; stopped (unfinished output files are not written)"
+            ]
+        finally:
+            _docker("rm", "-f", name)
     finally:
         _docker("rmi", "-f", tag)
