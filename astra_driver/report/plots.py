@@ -26,7 +26,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ MAX_CDF_POINTS = 4000  # points drawn per CDF curve (evenly spaced ranks); cdf_p
 RUN_COLOR = "#4C78A8"
 COMPARE_COLOR = "#F58518"
 _DPI = 120
+_LINESTYLES = ("-", "--")  # the run solid, the compare file dashed (identical curves stay visible)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,6 +405,23 @@ def compare_rows(run: RunData, other: RunData) -> list[CompareRow]:
     return [CompareRow(k, run.metrics[k], other.metrics[k]) for k in keys if k in run.metrics and k in other.metrics]
 
 
+_THROUGHPUT_TITLES = {
+    "completed": "completed requests",
+    "duration": "duration (s)",
+    "request_throughput": "request throughput (req/s)",
+    "output_throughput": "output throughput (tok/s)",
+    "total_token_throughput": "total token throughput (tok/s)",
+}
+
+
+def metric_title(key: str) -> str:
+    """A metric key as a reader wants it: "p99_ttft_ms" -> "P99 TTFT (ms)", "duration" -> "duration (s)"."""
+    if key in _THROUGHPUT_TITLES:
+        return _THROUGHPUT_TITLES[key]
+    stat, name, _ = key.split("_")
+    return f"{stat.upper() if stat.startswith('p') else stat} {name.upper()} (ms)"
+
+
 def _format_value(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
         return f"{int(value)}"
@@ -417,7 +435,7 @@ def _format_error(error: float | None) -> str:
 def format_compare_table(rows: Sequence[CompareRow], run_label: str, compare_label: str) -> str:
     """The table as printed: metric, both values, relative error in %."""
     widths = (
-        max([len("metric")] + [len(r.metric) for r in rows]),
+        max([len("metric")] + [len(metric_title(r.metric)) for r in rows]),
         max(12, len(run_label)),
         max(12, len(compare_label)),
     )
@@ -425,7 +443,8 @@ def format_compare_table(rows: Sequence[CompareRow], run_label: str, compare_lab
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.metric:<{widths[0]}}  {_format_value(r.run):>{widths[1]}}  {_format_value(r.compare):>{widths[2]}}"
+            f"{metric_title(r.metric):<{widths[0]}}  {_format_value(r.run):>{widths[1]}}  "
+            f"{_format_value(r.compare):>{widths[2]}}"
             f"  {_format_error(r.relative_error):>10}"
         )
     return "\n".join(lines)
@@ -484,7 +503,7 @@ def draw_cdf(name: str, short: str, long: str, runs: Sequence[RunData]) -> bytes
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5), dpi=_DPI)
     drawn = []
-    for run, color in zip(runs, (RUN_COLOR, COMPARE_COLOR), strict=False):
+    for side, (run, color) in enumerate(zip(runs, (RUN_COLOR, COMPARE_COLOR), strict=False)):
         xs, ys = cdf_series(run)[name]
         if not xs:
             continue
@@ -500,6 +519,7 @@ def draw_cdf(name: str, short: str, long: str, runs: Sequence[RunData]) -> bytes
             where="post",
             color=color,
             linewidth=1.8,
+            linestyle=_LINESTYLES[side],
             label=f"{run.label} ({len(xs)} {what}{stats})",
         )
     if not drawn:
@@ -533,10 +553,11 @@ def draw_throughput(runs: Sequence[RunData]) -> bytes:
     """Prompt and decode tok/s per log interval (two panels, shared time axis)."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), dpi=_DPI, sharex=True)
-    for run, series, color in _with_intervals(runs):
+    for side, (run, series, color) in enumerate(_with_intervals(runs)):
         label = f"{run.label} (intervals of {_interval_length_text(series)})"
-        top.stairs(series.prompt_tok_s, series.edges_s, color=color, linewidth=1.6, label=label)
-        bottom.stairs(series.decode_tok_s, series.edges_s, color=color, linewidth=1.6, label=label)
+        style = {"color": color, "linewidth": 1.6, "linestyle": _LINESTYLES[side], "label": label}
+        top.stairs(series.prompt_tok_s, series.edges_s, **style)
+        bottom.stairs(series.decode_tok_s, series.edges_s, **style)
     top.set_title("Prompt throughput (prompt tokens of the iterations completed in each interval)", fontsize=10)
     top.set_ylabel("prompt tokens/s")
     bottom.set_title("Decode throughput (output tokens produced in each interval)", fontsize=10)
@@ -552,7 +573,10 @@ def draw_throughput(runs: Sequence[RunData]) -> bytes:
 
 
 def _per_instance(
-    ax: Any, runs: Sequence[RunData], values: Callable[[IntervalSeries], Sequence[Sequence[float]] | None]
+    ax: Any,
+    runs: Sequence[RunData],
+    values: Callable[[IntervalSeries], Sequence[Sequence[float]] | None],
+    baseline: float | None = 0,
 ) -> None:
     palette = ("#4C78A8", "#54A24B", "#B279A2", "#9D755D", "#72B7B2", "#EECA3B", "#E45756", "#BAB0AC")
     sides = _with_intervals(runs)
@@ -564,7 +588,13 @@ def _per_instance(
             color = palette[i % len(palette)] if series.num_instances > 1 else (RUN_COLOR, COMPARE_COLOR)[side]
             name = f"{run.label}, instance {i}" if series.num_instances > 1 else run.label
             ax.stairs(
-                data, series.edges_s, color=color, linewidth=1.6, linestyle="-" if side == 0 else "--", label=name
+                data,
+                series.edges_s,
+                color=color,
+                linewidth=1.6,
+                linestyle=_LINESTYLES[side],
+                label=name,
+                baseline=baseline,
             )
     _style(ax)
     if ax.get_legend_handles_labels()[0]:
@@ -597,7 +627,8 @@ def draw_kv_usage(runs: Sequence[RunData]) -> bytes:
         top.set_ylabel("KV blocks")
     else:
         fig, bottom = plt.subplots(figsize=(9, 4.5), dpi=_DPI)
-    _per_instance(bottom, runs, lambda s: [[m / MEM_GB for m in inst] for inst in s.npu_mem_bytes])
+    # No baseline: the weights are most of it, so the axis spans the data and shows how the KV part moves.
+    _per_instance(bottom, runs, lambda s: [[m / MEM_GB for m in inst] for inst in s.npu_mem_bytes], baseline=None)
     bottom.ticklabel_format(axis="y", useOffset=False, style="plain")
     bottom.set_title("Memory in use on the fullest NPU (weights + KV cache)", fontsize=10)
     bottom.set_ylabel("GiB (2^30 bytes)")
@@ -610,10 +641,13 @@ def draw_kv_usage(runs: Sequence[RunData]) -> bytes:
 def draw_compare_table(rows: Sequence[CompareRow], run_label: str, compare_label: str) -> bytes:
     """The comparison as a table figure; the error cell is green under 5%, yellow under 20%, red beyond."""
     plt = _pyplot()
-    height = 1.3 + 0.3 * (len(rows) + 1)
+    height = 0.9 + 0.3 * (len(rows) + 1)
     fig, ax = plt.subplots(figsize=(9, height), dpi=_DPI)
     ax.axis("off")
-    cells = [[r.metric, _format_value(r.run), _format_value(r.compare), _format_error(r.relative_error)] for r in rows]
+    cells = [
+        [metric_title(r.metric), _format_value(r.run), _format_value(r.compare), _format_error(r.relative_error)]
+        for r in rows
+    ]
     colors = []
     for r in rows:
         error = r.relative_error
@@ -627,12 +661,11 @@ def draw_compare_table(rows: Sequence[CompareRow], run_label: str, compare_label
         cellColours=colors or None,
         colLabels=["metric", run_label, compare_label, "relative error"],
         colWidths=[0.34, 0.22, 0.22, 0.18],
-        loc="upper center",
+        bbox=(0, 0, 1, 1),
         cellLoc="right",
     )
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    table.scale(1, 1.25)
     for (row, col), cell in table.get_celld().items():
         if row == 0:
             cell.set_text_props(weight="bold")
@@ -684,8 +717,8 @@ def write_run_report(
         raise PipesimError(f"--label {labels[0]!r} given twice: the run and the compare file need different labels")
     run = load_run_csv(Path(run_csv), labels[0] if labels else None)
     other = load_compare(Path(compare), labels[1] if len(labels) > 1 else None) if compare is not None else None
-    if other is not None and other.label == run.label:
-        other = _relabel(other, f"{other.label} ({other.kind})" if other.kind != run.kind else f"{other.label} (2)")
+    if other is not None:
+        other = distinct_label(run, other)
     runs = [run] if other is None else [run, other]
     notes = list(run.notes) + (list(other.notes) if other is not None else [])
 
@@ -716,7 +749,9 @@ def write_run_report(
     return written
 
 
-def _relabel(run: RunData, label: str) -> RunData:
-    from dataclasses import replace
-
-    return replace(run, label=label)
+def distinct_label(run: RunData, other: RunData) -> RunData:
+    """`other`, relabelled when its label is the run's (two files named run.csv): legends must tell them apart."""
+    if other.label != run.label:
+        return other
+    label = f"{other.label} ({other.kind})" if other.kind != run.kind else f"{other.label} (compare)"
+    return replace(other, label=label)
