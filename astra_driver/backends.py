@@ -287,14 +287,30 @@ def _check_inputs(run: ReplayRun) -> None:
         raise PipesimError(f"{first}: no such file (--workload-configuration names the prefix before .<rank>.et)")
 
 
-def _trace_enabled(system: Path) -> bool:
-    """Whether system.json asks ASTRA-Sim for the per-node trace lines (read leniently: the binary decides)."""
+def _system_value(system: Path, key: str) -> object:
+    """One key of system.json, read leniently (the binary decides what it accepts); None when unreadable."""
     try:
         data = json.loads(Path(system).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    value = data.get("trace-enabled", 0) if isinstance(data, dict) else 0
-    return value in (1, True)
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def _trace_enabled(system: Path) -> bool:
+    """Whether system.json asks ASTRA-Sim for the per-node trace lines."""
+    return _system_value(system, "trace-enabled") in (1, True)
+
+
+def _abort_hint(run: ReplayRun) -> str:
+    """What an abort most likely means when the config says so: endpoint-delay 0 aborts once a collective runs."""
+    delay = _system_value(run.system, "endpoint-delay")
+    scale = 1.0 if run.injection_scale is None else run.injection_scale
+    if isinstance(delay, int | float) and not isinstance(delay, bool) and int(delay * scale) == 0:
+        return (
+            f" (endpoint-delay is {delay:g} in {run.system}: ASTRA-Sim aborts on it once a collective runs; "
+            "set it >= 1, 10 is the default)"
+        )
+    return ""
 
 
 def _expected_ranks(run: ReplayRun) -> int:
@@ -416,7 +432,10 @@ def _collect(
         raise PipesimError(f"{program} was killed by {name}{_failure_message(execution)}; see {execution.stderr_path}")
     if code != 0:
         kind = "aborted" if code == 134 else "failed"
-        raise PipesimError(f"{program} {kind} (exit {code}){_failure_message(execution)}; see {execution.stderr_path}")
+        hint = _abort_hint(run) if code == 134 else ""
+        raise PipesimError(
+            f"{program} {kind} (exit {code}){_failure_message(execution)}{hint}; see {execution.stderr_path}"
+        )
     npus = _expected_ranks(run)
     finished = parse_finish_lines(read_lines(execution.stdout_path))
     missing = [rank for rank in range(npus) if rank not in finished]

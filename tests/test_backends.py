@@ -669,3 +669,15 @@ def test_endpoint_delay_zero_with_a_collective_is_refused(tmp_path: Path) -> Non
     _set_endpoint_delay(run, -1)
     with pytest.raises(PipesimError, match="endpoint-delay = -1; ASTRA-Sim asserts it is > 0"):
         replay(run, "builtin")
+
+
+def test_abort_with_endpoint_delay_zero_says_why(tmp_path: Path) -> None:
+    run = write_small_run(tmp_path / "run")
+    _set_endpoint_delay(run, 0)
+    assertion = "AstraSim: EventQueue.cc:58: Assertion `new_time > current_time' failed."
+    binary = write_script(tmp_path / "astra", heredoc([assertion]).replace("cat", "cat >&2", 1) + "exit 134")
+    with pytest.raises(PipesimError) as info:
+        replay(run, "astra-sim", _options(binary))
+    assert f"{assertion} (endpoint-delay is 0 in {run.system}: ASTRA-Sim aborts on it once a collective runs" in str(
+        info.value
+    )
