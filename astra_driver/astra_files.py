@@ -40,6 +40,7 @@ from astra_driver.astra_config import (
     NetworkConfig,
     SystemConfig,
     check_astra_config,
+    check_comm_groups,
 )
 from astra_driver.cluster_config import ClusterConfig, InstanceConfig, PlacedInstance
 from llm_converter.comm_groups import parse_group_id
@@ -217,7 +218,12 @@ def write_astra_files(out_dir: Path | str, config: AstraConfig) -> dict[str, Pat
 
 def write_comm_groups(out_dir: Path | str, comm_groups: dict[str, list[int]]) -> Path:
     """Write comm_groups.json alone into `out_dir` (`convert` without a cluster config: the traces' pg_names need
-    it, the network does not exist yet)."""
+    it, the network does not exist yet). The groups pass the same checks as in a whole config (ranks unknown)."""
+    comm_groups = {_group_id(str(name)): list(ranks) for name, ranks in comm_groups.items()}
+    try:
+        check_comm_groups(comm_groups, None)
+    except PipesimError as exc:
+        raise PipesimError(f"{out_dir}: cannot write ASTRA-Sim config files: {exc}") from None
     text = _ENV.get_template("comm_groups.json.j2").render(comm_groups=comm_groups)
     json.loads(text)
     path = Path(out_dir) / COMM_GROUPS_FILE

@@ -329,3 +329,13 @@ def test_group_ids_are_written_as_the_integers_astra_sim_reads(tmp_path: Path) -
     assert config.comm_groups == {"1": [0, 1], "2": [2, 3]}
     paths = write_astra_files(tmp_path, config)
     assert json.loads(paths["comm_groups"].read_text()) == {"1": [0, 1], "2": [2, 3]}
+
+
+def test_comm_groups_written_alone_pass_the_same_checks(tmp_path: Path) -> None:
+    from astra_driver.astra_files import write_comm_groups
+
+    path = write_comm_groups(tmp_path, {"01": [0, 1], "2": [2, 3]})
+    assert json.loads(path.read_text()) == {"1": [0, 1], "2": [2, 3]}
+    with pytest.raises(PipesimError, match=r"comm_groups.json: group 1: a rank appears twice"):
+        write_comm_groups(tmp_path / "bad", {"1": [0, 0]})
+    assert not (tmp_path / "bad").exists()
