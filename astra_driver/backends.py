@@ -521,10 +521,18 @@ class AstraSimBackend:
         return _collect(self.name, command[0], run, execution, logging_folder)
 
 
-# Folders of the image's own system: mounting a host folder over one would hide the image's binaries and users.
-_SYSTEM_FOLDERS = tuple(
-    Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run")
-) + tuple(Path(p) for p in ("/sbin", "/sys", "/usr"))
+# Folders of the image's own system: a host folder mounted over one would hide the image's binaries, libraries or
+# users. Their subfolders may be mounted (a workload under /usr/share or /dev/shm hides nothing the binary needs),
+# except inside the kernel's own file systems.
+_SYSTEM_FOLDERS = frozenset(
+    Path(p)
+    for p in (
+        "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/proc", "/run",
+        "/sbin", "/sys", "/usr", "/usr/bin", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local",
+        "/usr/local/bin", "/usr/local/lib", "/usr/sbin", "/usr/share", "/var", "/var/lib",
+    )
+)  # fmt: skip
+_KERNEL_FOLDERS = (Path("/proc"), Path("/sys"))
 # The line docker adds after its real error message on exit 125.
 _DOCKER_HELP_HINT = "run 'docker run --help'"
 
@@ -615,7 +623,7 @@ class DockerBackend:
             if path is not None:
                 folders.update(_link_folders(Path(path)))
         for folder in folders:
-            if folder == Path("/") or any(folder == top or top in folder.parents for top in _SYSTEM_FOLDERS):
+            if folder in _SYSTEM_FOLDERS or any(top in folder.parents for top in _KERNEL_FOLDERS):
                 raise PipesimError(
                     f"{folder}: the docker backend mounts the folders of its files at their own paths and this one "
                     "would hide the image's own; move the workload and config files (or what they link to) elsewhere"
