@@ -52,7 +52,9 @@ RUN_FIELDS = tuple(
     if f.name not in ("cluster_config", "dataset", "output", "keep_traces", "log_interval_s", "show_progress")
 )
 WORKLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(WorkloadSpec))
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingConfig) if f.name != "out_dir")
+TRAIN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(TrainingConfig) if f.name not in ("out_dir", "record_node_times")
+)
 # Fields holding paths: resolved against the spec file's folder, so a spec runs from any working directory.
 PATH_FIELDS = frozenset(
     {"dataset", "cluster_config", "run.profile_dir", "workload.lengths_from", "train.schedule_csv"}
@@ -69,6 +71,7 @@ class Axis:
 
     fields: tuple[str, ...]
     values: tuple[tuple[Any, ...], ...]
+    origin: str = "grid"  # where the spec gives it ("grid" or "zip.N"), for messages
 
 
 @dataclass(frozen=True)
@@ -161,9 +164,10 @@ def spec_from_dict(data: Any, path: Path | str = Path("<sweep spec>")) -> SweepS
     names = spec.parameter_names
     if capacity is not None and capacity.rate is not None and "rate" in names:
         raise PipesimError(f"{path}: grid: rate: capacity.rate fixes every point's rate; drop one of them")
+    _point_config(spec, {}, where="base")  # the base's files can be read
     for axis in spec.axes:  # every field resolves on the base: a typo fails here, not once per point
         for name in axis.fields:
-            _point_config(spec, {name: axis.values[0][axis.fields.index(name)]}, where=f"grid: {name}")
+            _point_config(spec, {name: axis.values[0][axis.fields.index(name)]}, where=axis.origin)
     return spec
 
 
@@ -243,7 +247,9 @@ def _read_axes(path: Path, data: dict[str, Any], root: Path) -> list[Axis]:
         rows = zip(*(group[n] for n in names), strict=True)
         axes.append(
             Axis(
-                names, tuple(tuple(_resolve_path(n, v, root) for n, v in zip(names, row, strict=True)) for row in rows)
+                names,
+                tuple(tuple(_resolve_path(n, v, root) for n, v in zip(names, row, strict=True)) for row in rows),
+                origin=f"zip.{g}",
             )
         )
     return axes
@@ -356,6 +362,9 @@ def _point_config(spec: SweepSpec, params: dict[str, Any], where: str) -> dict[s
             )
     if spec.kind == "training":
         return {"kind": "training", "train": config["train"]}
+    dataset = config.get("dataset")
+    if dataset is not None and not (isinstance(dataset, str) and Path(dataset).is_file()):
+        raise PipesimError(f"{spec.path}: {where}: dataset: {dataset!r} is not a file; give a JSONL trace path")
     cluster, source = _cluster_json(spec, config["cluster_config"], where)
     for dotted, value in cluster_edits:
         _set_path(spec.path, where, cluster, dotted, value)
@@ -397,12 +406,13 @@ def _set_path(spec_path: Path, where: str, document: Any, dotted: str, value: An
     node = document
     model: Any = ClusterSpec
     for depth, key in enumerate(keys):
-        here = ".".join(keys[: depth + 1])
         last = depth == len(keys) - 1
+        here = dotted if last else ".".join(keys[: depth + 1])
+        where_path = f"{where}: {dotted}" if last else f"{where}: {dotted}: {here}"
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
                 raise PipesimError(
-                    f"{spec_path}: {where}: {dotted}: {here}: the cluster config has {len(node)} entries there "
+                    f"{spec_path}: {where_path}: the cluster config has {len(node)} entries there "
                     f"(indices 0..{len(node) - 1})"
                 )
             index = int(key)
@@ -413,21 +423,18 @@ def _set_path(spec_path: Path, where: str, document: Any, dotted: str, value: An
             model = _item_model(model)
             continue
         if not isinstance(node, dict):
-            raise PipesimError(
-                f"{spec_path}: {where}: {dotted}: {here}: the cluster config has a value there, not an object or list"
-            )
+            parent = ".".join(keys[:depth])
+            raise PipesimError(f"{spec_path}: {where}: {dotted}: {parent} is a value, not an object or list")
         fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
         if key not in node and key not in fields:
             known = ", ".join(sorted(set(node) | set(fields)))
-            raise PipesimError(
-                f"{spec_path}: {where}: {dotted}: {here}: not a cluster config field; fields there: {known}"
-            )
+            raise PipesimError(f"{spec_path}: {where_path}: not a cluster config field; fields there: {known}")
         if last:
             node[key] = value
             return
         if key not in node:
             raise PipesimError(
-                f"{spec_path}: {where}: {dotted}: {here}: absent from the cluster config; set the whole object instead"
+                f"{spec_path}: {where_path}: absent from the cluster config; set the whole object instead"
             )
         node = node[key]
         model = fields[key].annotation if key in fields else None
