@@ -120,7 +120,9 @@ def validate_job(
     workload.comm_groups = comm_groups_for(file_or_prefix, comm_groups, workload.npus)
     found = astra_config_for(file_or_prefix, system, network, memory)
     if found is None:
-        return validate_workload(workload, roofline=roofline, progress=True)
+        report = validate_workload(workload, roofline=roofline, progress=True)
+        report.note = "a structural dry run finishes it (give ASTRA-Sim's config for the engine's dry run)"
+        return report
     roofline = roofline or found.config.system.roofline_enabled
     report = validate_workload(workload, roofline=roofline, progress=False)
     if report.ok:

@@ -75,7 +75,9 @@ def test_cli_inspect_and_validate(tmp_path, capsys) -> None:
     assert main(["inspect", str(tmp_path / "llm.1.et"), "--summary-json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["bytes_received"] == {"0": 1000}
     assert main(["validate", str(prefix)]) == 0
-    assert capsys.readouterr().out.strip() == "ok: 2 ranks, 8 nodes"
+    assert capsys.readouterr().out.strip() == (
+        "ok: 2 ranks, 8 nodes; a structural dry run finishes it (give ASTRA-Sim's config for the engine's dry run)"
+    )
 
 
 def test_cli_validate_fails_with_node_ids(tmp_path, capsys) -> None:
