@@ -424,8 +424,8 @@ def metric_title(key: str) -> str:
 
 def _format_value(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
-        return f"{int(value)}"
-    return f"{value:.4g}" if abs(value) >= 1e4 else f"{value:.3f}"
+        return f"{int(value):,}"
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.4g}"  # vllm bench prints .2f; small values keep digits
 
 
 def _format_error(error: float | None) -> str:
@@ -512,7 +512,7 @@ def draw_cdf(name: str, short: str, long: str, runs: Sequence[RunData]) -> bytes
         what = "gaps" if name == "itl" else "requests"
         median = run.metrics.get(f"median_{name}_ms")
         p99 = run.metrics.get(f"p99_{name}_ms")
-        stats = f", median {median:.2f} ms, p99 {p99:.2f} ms" if median is not None and p99 is not None else ""
+        stats = f", median {median:,.2f} ms, p99 {p99:,.2f} ms" if median is not None and p99 is not None else ""
         ax.step(
             [px[0]] + px,
             [0.0] + py,
@@ -524,15 +524,16 @@ def draw_cdf(name: str, short: str, long: str, runs: Sequence[RunData]) -> bytes
         )
     if not drawn:
         ax.text(0.5, 0.5, f"no {short} values in these runs", ha="center", va="center", transform=ax.transAxes)
-    elif min(drawn) > 0 and max(drawn) > 100 * min(drawn):
+    log_x = bool(drawn) and min(drawn) > 0 and max(drawn) > 100 * min(drawn)
+    if log_x:
         ax.set_xscale("log")  # spans more than 100x (queueing): a linear axis would squash the body
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"{short}: {long} (ms)")
+    ax.set_xlabel(f"{short}: {long} (ms{', log scale' if log_x else ''})")
     ax.set_ylabel("fraction of values ≤ x")
     ax.set_title(f"{short} CDF")
     _style(ax)
-    if drawn:
-        ax.legend(loc="lower right", fontsize=9)
+    if drawn:  # below the axes: inside, a CDF's curve crosses every corner of some run
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=9, frameon=False)
     fig.tight_layout()
     return _png(fig)
 
@@ -566,9 +567,8 @@ def draw_throughput(runs: Sequence[RunData]) -> bytes:
     for ax in (top, bottom):
         ax.set_ylim(bottom=0)
         _style(ax)
-        ax.legend(loc="upper right", fontsize=8)
     fig.suptitle("Throughput over time", fontsize=12)
-    fig.tight_layout()
+    _legend_below(fig, bottom)
     return _png(fig)
 
 
@@ -597,8 +597,20 @@ def _per_instance(
                 baseline=baseline,
             )
     _style(ax)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=8, ncol=2 if len(ax.get_legend_handles_labels()[0]) > 6 else 1)
+
+
+def _legend_below(fig: Figure, ax: Any) -> None:
+    """One legend for the figure, in a band under the axes (series fill the axes to their top and right edges,
+    so a legend inside covers data), then the layout above it."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        fig.tight_layout()
+        return
+    columns = min(len(handles), 2 if max(len(label) for label in labels) > 40 else 4)
+    rows = math.ceil(len(handles) / columns)
+    band = (0.15 + 0.22 * rows) / fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, band, 1, 1))
 
 
 def draw_batch_size(runs: Sequence[RunData]) -> bytes:
@@ -611,7 +623,7 @@ def draw_batch_size(runs: Sequence[RunData]) -> bytes:
     ax.set_title("Batch size over time (requests in the last iteration completed in each interval)", fontsize=11)
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("requests per batch")
-    fig.tight_layout()
+    _legend_below(fig, ax)
     return _png(fig)
 
 
@@ -634,7 +646,7 @@ def draw_kv_usage(runs: Sequence[RunData]) -> bytes:
     bottom.set_ylabel("GiB (2^30 bytes)")
     bottom.set_xlabel("simulated time (s)")
     fig.suptitle("KV cache use over time", fontsize=12)
-    fig.tight_layout()
+    _legend_below(fig, bottom)
     return _png(fig)
 
 
