@@ -162,8 +162,9 @@ def spec_from_dict(data: Any, path: Path | str = Path("<sweep spec>")) -> SweepS
     capacity = _read_capacity(path, data.get("capacity"), kind)
     spec = SweepSpec(path=path, kind=kind, base=base, axes=tuple(axes), capacity=capacity)
     names = spec.parameter_names
-    if capacity is not None and capacity.rate is not None and "rate" in names:
-        raise PipesimError(f"{path}: grid: rate: capacity.rate fixes every point's rate; drop one of them")
+    if capacity is not None and capacity.rate is not None and ("rate" in names or "rate" in base):
+        where = "grid: rate" if "rate" in names else "base.rate"
+        raise PipesimError(f"{path}: {where}: capacity.rate fixes every point's rate; drop one of them")
     _point_config(spec, {}, where="base")  # the base's files can be read
     for axis in spec.axes:  # every field resolves on the base: a typo fails here, not once per point
         for name in axis.fields:
@@ -374,7 +375,9 @@ def _point_config(spec: SweepSpec, params: dict[str, Any], where: str) -> dict[s
         "cluster_source": source,
         "dataset": config.get("dataset"),
         "workload": config.get("workload"),
-        "rate": config.get("rate"),
+        "rate": spec.capacity.rate
+        if spec.capacity is not None and spec.capacity.rate is not None
+        else config.get("rate"),
         "run": config["run"],
         "capacity": spec.capacity.to_json() if spec.capacity is not None else None,
     }
