@@ -105,21 +105,27 @@ def _time_unit(span_ns: float) -> tuple[str, float]:
     return "ns", 1.0
 
 
-def _merge(intervals: list[tuple[int, int]], gap: float, keep_wide: bool = False) -> list[tuple[int, int]]:
-    """Union of intervals, joining those closer than `gap`. With keep_wide, two intervals both wider than a few
-    gaps stay apart when they only touch (back-to-back microbatches keep their outlines)."""
+def _group_of(name: str) -> str:
+    """What one outlined bar stands for: a pipeline action (`2B0` of `2B0.mlp`, all its steps), else the node."""
+    return name.split(".", 1)[0] if _ACTION.match(name) else name
+
+
+def _merge(intervals: list[tuple[int, int, str]], gap: float, outline: bool = False) -> list[tuple[int, int]]:
+    """Union of (start, end, group) intervals, joining those closer than `gap` (a pixel). With outline, two
+    touching intervals of different groups stay apart when both are a few pixels wide (consecutive microbatches
+    keep their edges); the steps of one action always join."""
     if not intervals:
         return []
     intervals.sort()
     merged = [list(intervals[0])]
-    for start, end in intervals[1:]:
+    for start, end, group in intervals[1:]:
         last = merged[-1]
-        wide = keep_wide and end - start > 3 * gap and last[1] - last[0] > 3 * gap and start >= last[1]
-        if start <= last[1] + gap and not wide:
+        apart = outline and group != last[2] and end - start > 3 * gap and last[1] - last[0] > 3 * gap
+        if start <= last[1] + gap and not (apart and start >= last[1]):
             last[1] = max(last[1], end)
         else:
-            merged.append([start, end])
-    return [(start, end) for start, end in merged]
+            merged.append([start, end, group])
+    return [(start, end) for start, end, _ in merged]
 
 
 def _coverage(intervals: list[tuple[int, int]], edges: np.ndarray) -> np.ndarray:
@@ -166,15 +172,15 @@ def draw_gantt(
         raise PipesimError(f"{path}: the run has no NPUs to draw")
     count = len(ranks)
     # Per drawn rank and category: its intervals (those overlapping the window).
-    per_rank: list[dict[str, list[tuple[int, int]]]] = []
+    per_rank: list[dict[str, list[tuple[int, int, str]]]] = []
     finish = [0] * count
     for index, rank in enumerate(ranks):
-        by_category: dict[str, list[tuple[int, int]]] = {}
+        by_category: dict[str, list[tuple[int, int, str]]] = {}
         for _node_id, name, node_type, issue_ns, end_ns in node_times[rank]:
             finish[index] = max(finish[index], end_ns)
             if window is not None and not window.overlaps(issue_ns, end_ns):
                 continue
-            by_category.setdefault(category_of(name, node_type), []).append((issue_ns, end_ns))
+            by_category.setdefault(category_of(name, node_type), []).append((issue_ns, end_ns, _group_of(name)))
         per_rank.append(by_category)
     t0 = window.start_ns if window is not None and window.start_ns is not None else 0
     t1 = window.end_ns if window is not None and window.end_ns is not None else max(finish)
@@ -212,18 +218,24 @@ def draw_gantt(
         if group == 1:
             for key, intervals in per_rank[first].items():
                 category = _BY_KEY[key]
-                merged = _merge([(max(s, t0), min(e, t1)) for s, e in intervals], gap, keep_wide=True)
+                merged = _merge([(max(s, t0), min(e, t1), g) for s, e, g in intervals], gap, outline=True)
                 if not merged:
                     continue
                 used.add(key)
                 offset, lane_height = lanes[category.lane]
-                ax.broken_barh(
-                    [(s / scale, max(e - s, gap) / scale) for s, e in merged],
-                    (top + offset, lane_height),
-                    facecolors=category.color,
-                    edgecolor="white" if len(merged) <= 400 else "none",
-                    linewidth=0.6,
-                )
+                # Bars at least 2 px wide (visible); only those wide enough to show it get a white edge.
+                bars = [(s / scale, max(e - s, 2 * gap) / scale) for s, e in merged]
+                wide = [bar for bar in bars if bar[1] * scale > 4 * gap]
+                narrow = [bar for bar in bars if bar[1] * scale <= 4 * gap]
+                for chosen, edge in ((wide, "white"), (narrow, "none")):
+                    if chosen:
+                        ax.broken_barh(
+                            chosen,
+                            (top + offset, lane_height),
+                            facecolors=category.color,
+                            edgecolor=edge if len(chosen) <= 400 else "none",
+                            linewidth=0.6,
+                        )
             continue
         # Aggregated: stacked busy fractions per time bin.
         edges = np.linspace(t0, t1, _BINS + 1)
