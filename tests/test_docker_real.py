@@ -259,6 +259,18 @@ def test_dockerfile_builds_offline_and_runs_in_a_mounted_folder(tmp_path: Path, 
         )
         assert traced.returncode == 0, traced.stderr
         outputs = [work / "out" / "times.csv", *(work / "traces").rglob("*")]
+        # The example: a containerized serving run writes its CSV into the mount.
+        shutil.copy(REPO / "configs" / "cluster" / "single_node_single_instance.json", work / "serving.json")
+        shutil.copy(REPO / "configs" / "workloads" / "example_trace.jsonl", work / "requests.jsonl")
+        if os.geteuid() == 0:
+            os.chown(work / "serving.json", uid, gid)
+            os.chown(work / "requests.jsonl", uid, gid)
+        served = pipesim(
+            "run", "--cluster-config", "serving.json", "--dataset", "requests.jsonl", "--output", "out/requests.csv"
+        )
+        assert served.returncode == 0, served.stderr
+        assert len((work / "out" / "requests.csv").read_text().splitlines()) == 1 + 12  # header + 12 requests
+        outputs += [work / "out" / "requests.csv"]
         assert len(outputs) > 3
         for path in outputs:
             assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
