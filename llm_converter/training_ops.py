@@ -328,7 +328,7 @@ def build_stage_steps(
             return []
         return [TpCollective(label, tp_comm.kind, tp_comm.size)]
 
-    def forward_of(position: int, label: str, layer: TrainingLayer, prefix: str = "") -> list[Step]:
+    def forward_of(label: str, layer: TrainingLayer, prefix: str = "") -> list[Step]:
         return [
             *comm(f"{prefix}{label}_ag", layer.forward_before),
             timed(f"{prefix}{label}", layer.forward),
@@ -336,8 +336,8 @@ def build_stage_steps(
         ]
 
     forward: list[Step] = []
-    for position, (label, layer) in enumerate(layers):
-        forward += forward_of(position, label, layer)
+    for label, layer in layers:
+        forward += forward_of(label, layer)
 
     # Which block each position belongs to, for full recompute (Megatron recomputes transformer layers only).
     block_of = [label.split(".")[0] if label.startswith("b") and "." in label else "" for label, _ in layers]
@@ -352,7 +352,7 @@ def build_stage_steps(
             # Entering a block from its end: rerun the block's forward first.
             for p, (lbl, lay) in enumerate(layers):
                 if block_of[p] == block:
-                    recomputed += forward_of(p, lbl, lay, prefix="recompute.")
+                    recomputed += forward_of(lbl, lay, prefix="recompute.")
         elif recompute == "selective" and layer.name == "attention":
             recomputed.append(timed(f"recompute.{label}", layer.forward))
         before = comm(f"{label}_grad_ag", layer.backward_before)

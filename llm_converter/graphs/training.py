@@ -197,6 +197,8 @@ class TrainingGraphSpec:
             )
         if len(self.stage_steps) != plan.num_stages or len(self.boundary_bytes) != plan.num_stages - 1:
             raise PipesimError("training graph: give one StageSteps per stage and one size per stage boundary")
+        if plan.dp > 1 and len(self.buckets) != plan.num_stages:
+            raise PipesimError("training graph: dp > 1 needs the gradient buckets of every stage (grad_buckets)")
 
 
 def _micros(steps: tuple) -> list[int]:
