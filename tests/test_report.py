@@ -21,6 +21,7 @@ from astra_driver.report.plots import (
     load_compare,
     load_interval_log,
     load_run_csv,
+    tokens_per_interval,
     write_run_report,
 )
 from astra_driver.serving.metrics import IntervalLog, IterationRecord, write_interval_csv
@@ -124,7 +125,7 @@ def _vllm_result(path: Path, **scalars: float) -> Path:
 def test_compare_relative_errors_exact_for_a_hand_made_pair(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "run.csv")
     _write_log(run)
-    vllm = _vllm_result(tmp_path / "vllm.json")
+    vllm = _vllm_result(tmp_path / "vllm.json", start_times=[10.0, 11.0, 12.0])  # its tokens join throughput.png
     lines: list[str] = []
     out = tmp_path / "out"
     written = write_run_report(run, out, compare=vllm, labels=["pipesim", "vLLM"], emit=lines.append)
@@ -284,3 +285,13 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     bad_log.unlink()
     err = _error(capsys, ["report", str(run), "-o", out, "--label", "a", "--label", "b"])
     assert "--label given twice without --compare" in err
+
+
+def test_vllm_output_tokens_over_time_as_the_interval_log_counts_them(tmp_path: Path) -> None:
+    # (start, end] intervals: a token exactly at 1.0 s belongs to the first.
+    assert tokens_per_interval([0.5, 1.0, 1.2, 2.5], 1.0) == ([0.0, 1.0, 2.0, 3.0], [2.0, 1.0, 1.0])
+    assert tokens_per_interval([0.1, 0.2, 0.3], 0.25) == ([0.0, 0.25, 0.5], [8.0, 4.0])
+    vllm = load_compare(_vllm_result(tmp_path / "v.json", start_times=[100.0, 101.0, 102.0]))
+    # start + TTFT, then each gap (vllm's own token clock), from the first successful request's start.
+    assert vllm.output_token_times_s == pytest.approx((0.016, 0.020, 0.024, 2.024, 2.034))
+    assert load_compare(_vllm_result(tmp_path / "w.json")).output_token_times_s is None  # no start_times

@@ -21,6 +21,7 @@ Everything is rendered to bytes first and written at the end with write_atomic, 
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -95,6 +96,9 @@ class RunData:
     metrics: dict[str, float]
     intervals: IntervalSeries | None = None
     notes: tuple[str, ...] = field(default=())
+    first_arrival_s: float | None = None  # pipesim: the first request's arrival on the trace's clock
+    # vLLM (with start_times): every output token's time, s after its first request was sent
+    output_token_times_s: tuple[float, ...] | None = None
 
     def latencies_ns(self, name: str) -> tuple[float, ...]:
         return {"ttft": self.ttft_ns, "tpot": self.tpot_ns, "itl": self.itl_ns, "e2el": self.e2el_ns}[name]
@@ -174,6 +178,7 @@ def _run_from_csv_text(path: Path, text: str, label: str | None) -> RunData:
     itl: list[float] = []
     e2el: list[float] = []
     end_ns = 0
+    first_arrival_ns: int | None = None
     total_in = total_out = 0
     for index, row in enumerate(rows):
         line = index + 2  # the header is line 1
@@ -187,6 +192,8 @@ def _run_from_csv_text(path: Path, text: str, label: str | None) -> RunData:
             tpot.append((values["latency"] - values["TTFT"]) / (values["output"] - 1))
         itl.extend(gaps)
         end_ns = max(end_ns, values["end_time"])
+        arrival = values["arrival"]
+        first_arrival_ns = arrival if first_arrival_ns is None else min(first_arrival_ns, arrival)
         total_in += values["input"]
         total_out += values["output"]
     duration_s = end_ns / NS_PER_S  # from the trace's time origin, as metrics.summarize_requests
@@ -225,6 +232,7 @@ def _run_from_csv_text(path: Path, text: str, label: str | None) -> RunData:
         metrics=metrics,
         intervals=intervals,
         notes=tuple(notes),
+        first_arrival_s=(first_arrival_ns or 0) / NS_PER_S,
     )
 
 
@@ -296,6 +304,8 @@ def load_vllm_result(path: Path, data: dict[str, Any], label: str | None = None)
     latencies = _json_list(path, data, "latencies", n)
     output_lens = _json_list(path, data, "output_lens", n)
     errors = _json_list(path, data, "errors", n)
+    start_times = _json_list(path, data, "start_times", n)
+    token_times: list[float] = []
     ttft: list[float] = []
     tpot: list[float] = []
     itl: list[float] = []
@@ -313,6 +323,13 @@ def load_vllm_result(path: Path, data: dict[str, Any], label: str | None = None)
         tokens = output_lens[i] if output_lens is not None else len(gaps_s) + 1
         if isinstance(tokens, bool) or not isinstance(tokens, int):
             raise PipesimError(f"{path}: key output_lens: item {i} is {tokens!r}, not a token count")
+        if start_times is not None and itls is not None:
+            # vllm's own token clock (calculate_metrics' peak throughput): start + TTFT, then each gap
+            at = _seconds(path, "start_times", i, start_times[i]) + first
+            token_times.append(at)
+            for gap in gaps_s:
+                at += gap
+                token_times.append(at)
         ttft.append(first * NS_PER_S)
         e2el.append(whole * NS_PER_S)
         itl.extend(g * NS_PER_S for g in gaps_s)
@@ -339,7 +356,14 @@ def load_vllm_result(path: Path, data: dict[str, Any], label: str | None = None)
         itl_ns=tuple(itl) if "itl" in known else (),
         e2el_ns=tuple(e2el) if "e2el" in known else (),
         metrics=metrics,
+        output_token_times_s=_from_first_start(token_times, start_times, errors) if token_times else None,
     )
+
+
+def _from_first_start(token_times: list[float], start_times: list[Any], errors: list[Any] | None) -> tuple[float, ...]:
+    """Token times relative to the first successful request's start (perf_counter values have no origin)."""
+    origin = min(t for i, t in enumerate(start_times) if errors is None or not errors[i])
+    return tuple(sorted(t - origin for t in token_times))
 
 
 def load_compare(path: Path, label: str | None = None) -> RunData:
@@ -550,20 +574,44 @@ def _interval_length_text(series: IntervalSeries) -> str:
     return f"{series.edges_s[1] - series.edges_s[0]:g} s"
 
 
+def tokens_per_interval(token_times_s: Sequence[float], interval_s: float) -> tuple[list[float], list[float]]:
+    """Tokens per second in consecutive intervals (start, end] of `interval_s` from 0, as the interval log
+    counts them (a token exactly on a boundary belongs to the interval that boundary closes): (edges, rates)."""
+    if not token_times_s:
+        return [0.0], []
+    count = max(1, math.ceil(max(token_times_s) / interval_s))
+    edges = [i * interval_s for i in range(count + 1)]
+    counts = [0] * count
+    for t in token_times_s:
+        counts[min(count - 1, max(0, bisect.bisect_left(edges, t) - 1))] += 1
+    return edges, [c / interval_s for c in counts]
+
+
 def draw_throughput(runs: Sequence[RunData]) -> bytes:
-    """Prompt and decode tok/s per log interval (two panels, shared time axis)."""
+    """Prompt and decode tok/s per log interval (two panels, shared time axis); a vLLM result with start times
+    adds its output tokens per interval of the run's length, its first request aligned with the run's."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.5), dpi=_DPI, sharex=True)
-    for side, (run, series, color) in enumerate(_with_intervals(runs)):
+    drawn = _with_intervals(runs)
+    bottom.set_xlabel("simulated time (s)")
+    for side, (run, series, color) in enumerate(drawn):
         label = f"{run.label} (intervals of {_interval_length_text(series)})"
         style = {"color": color, "linewidth": 1.6, "linestyle": _LINESTYLES[side], "label": label}
         top.stairs(series.prompt_tok_s, series.edges_s, **style)
         bottom.stairs(series.decode_tok_s, series.edges_s, **style)
+    vllm = [r for r in runs[1:] if r.output_token_times_s is not None]
+    if drawn and vllm:
+        run, series, _ = drawn[0]
+        interval = series.edges_s[1] - series.edges_s[0]
+        offset = run.first_arrival_s or 0.0
+        edges, rates = tokens_per_interval([t + offset for t in vllm[0].output_token_times_s or ()], interval)
+        label = f"{vllm[0].label} (output tokens per {interval:g} s, first request aligned with {run.label}'s)"
+        bottom.stairs(rates, edges, color=COMPARE_COLOR, linewidth=1.6, linestyle=_LINESTYLES[1], label=label)
+        bottom.set_xlabel(f"time (s): simulated for {run.label}, wall clock for {vllm[0].label}")
     top.set_title("Prompt throughput (prompt tokens of the iterations completed in each interval)", fontsize=10)
     top.set_ylabel("prompt tokens/s")
     bottom.set_title("Decode throughput (output tokens produced in each interval)", fontsize=10)
     bottom.set_ylabel("output tokens/s")
-    bottom.set_xlabel("simulated time (s)")
     for ax in (top, bottom):
         ax.set_ylim(bottom=0)
         _style(ax)
