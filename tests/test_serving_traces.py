@@ -47,7 +47,7 @@ def test_simulate_on_builtin_reproduces_the_run_exactly(tmp_path: Path, cluster:
     # One folder per iteration, one .et per NPU, a manifest naming the batches and their requests.
     assert len(manifest["iterations"]) == len(run.result.iterations)
     first = manifest["iterations"][0]
-    assert len(read_workload(traces / first["folder"] / "llm").graphs) == manifest["instances"][0]["num_npus"]
+    assert len(read_workload(traces / first["prefix"]).graphs) == manifest["instances"][0]["num_npus"]
     assert first["entries"][0][:2] == [0, 40] and first["tokens"] == [0]
     assert (traces / "instance0" / "network.yml").is_file()
 

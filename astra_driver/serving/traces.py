@@ -1,11 +1,12 @@
 """Traces of a serving run: every iteration's per-NPU .et plus a manifest, and their replay on any backend.
 
 `pipesim run --keep-traces DIR` writes
-    DIR/manifest.json                      the run: instances, requests, every iteration (instance, batch entries,
-                                           launch and end tick, which requests got a token), KV transfers
+    DIR/manifest.json                      the run: instances, requests, KV transfers
+    DIR/iterations.jsonl                   one line per iteration as it ended (instance, batch entries, launch
+                                           and end tick, which requests got a token): streamed, memory stays flat
     DIR/instance<i>/network.yml ...        the instance's ASTRA-Sim files (as `pipesim trace` writes them; none
                                            for a 1-NPU instance, which ASTRA-Sim cannot run)
-    DIR/instance<i>/iter<k>/llm.<r>.et     iteration k's graph of the instance's NPU r (the graphs the run timed)
+    DIR/instance<i>/iter<k>.<r>.et         iteration k's graph of the instance's NPU r (the graphs the run timed)
 into a hidden folder beside DIR, renamed into place when the run succeeded.
 
 `pipesim simulate DIR` replays them (docs/serving.md, "Traces"): one ASTRA-Sim run per iteration, the driver
@@ -42,16 +43,16 @@ from llm_converter.io import write_atomic
 from llm_converter.perf import paused_gc
 
 MANIFEST = "manifest.json"
+ITERATIONS = "iterations.jsonl"
 FORMAT = "pipesim-serving-traces"
 VERSION = 1
-WORKLOAD_PREFIX = "llm"
 
 
 def _instance_folder(instance_id: int) -> str:
     return f"instance{instance_id}"
 
 
-def _iteration_folder(instance_id: int, iteration_id: int) -> str:
+def _iteration_prefix(instance_id: int, iteration_id: int) -> str:
     return f"{_instance_folder(instance_id)}/iter{iteration_id}"
 
 
@@ -68,7 +69,7 @@ class TraceWriter:
         check_output_path(self.directory, "--keep-traces", folder=True)
         self.config = config
         self.staging: Path | None = None
-        self.iterations: list[dict[str, Any]] = []
+        self.iteration_file: Any = None
         self._open: dict[tuple[int, int], dict[str, Any]] = {}
         self.transfers: list[dict[str, Any]] = []
         self.instances: list[dict[str, Any]] = []
@@ -77,9 +78,12 @@ class TraceWriter:
         parent = self.directory.resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.new-", dir=parent))
+        self.iteration_file = (self.staging / ITERATIONS).open("w")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.iteration_file is not None:
+            self.iteration_file.close()
         if self.staging is not None and self.staging.exists():
             shutil.rmtree(self.staging, ignore_errors=True)  # a failed run leaves nothing
 
@@ -113,22 +117,20 @@ class TraceWriter:
 
     def add_iteration(self, inst: Any, iteration_id: int, batch: Any, start_ns: int, workload: Workload) -> None:
         assert self.staging is not None
-        folder = _iteration_folder(inst.instance_id, iteration_id)
-        (self.staging / folder).mkdir()
+        prefix = _iteration_prefix(inst.instance_id, iteration_id)
         with paused_gc():
-            write_workload(self.staging / folder / WORKLOAD_PREFIX, workload)
+            write_workload(self.staging / prefix, workload)
         entry = {
             "instance_id": inst.instance_id,
             "iteration_id": iteration_id,
             "batch_id": batch.batch_id,
-            "folder": folder,
+            "prefix": prefix,
             "start_ns": start_ns,
             "entries": [
                 [e.request_id, e.num_new_tokens, e.num_context_tokens, e.is_prefill, e.samples_token]
                 for e in batch.entries
             ],
         }
-        self.iterations.append(entry)
         self._open[(inst.instance_id, batch.batch_id)] = entry
 
     def end_iteration(
@@ -136,6 +138,7 @@ class TraceWriter:
     ) -> None:
         entry = self._open.pop((inst.instance_id, batch_id))
         entry.update(end_ns=end_ns, tokens=tokens, kv_blocks_in_use=kv_blocks, npu_mem_bytes=npu_mem_bytes)
+        self.iteration_file.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
     def add_transfer(self, transfer: Any) -> None:
         self.transfers.append(
@@ -151,6 +154,8 @@ class TraceWriter:
 
     def finish(self, loop: Any, result: Any) -> None:
         assert self.staging is not None
+        self.iteration_file.close()
+        self.iteration_file = None
         cluster = loop.cluster
         manifest = {
             "format": FORMAT,
@@ -178,7 +183,6 @@ class TraceWriter:
                 }
                 for r in result.requests
             ],
-            "iterations": self.iterations,
             "transfers": self.transfers,
         }
         write_atomic(self.staging / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
@@ -235,6 +239,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise PipesimError(f"{path}: not a pipesim serving-traces manifest (format {FORMAT!r} expected)")
     if manifest.get("version") != VERSION:
         raise PipesimError(f"{path}: manifest version {manifest.get('version')!r}; this pipesim reads {VERSION}")
+    lines_path = Path(directory) / ITERATIONS
+    try:
+        with lines_path.open() as handle:
+            iterations = [json.loads(line) for line in handle if line.strip()]
+    except FileNotFoundError:
+        raise PipesimError(
+            f"{lines_path}: no such file; the trace folder is incomplete (rerun --keep-traces)"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PipesimError(f"{lines_path}: not pipesim's iteration lines ({exc}); rerun --keep-traces") from None
+    # Written as iterations ended; replayed in launch order.
+    manifest["iterations"] = sorted(iterations, key=lambda it: (it["instance_id"], it["iteration_id"]))
     return manifest
 
 
@@ -281,9 +297,9 @@ def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dic
                 start = it["start_ns"]
                 if start > engine.now:
                     engine.run_until(start)
-                workload = read_workload(directory / it["folder"] / WORKLOAD_PREFIX)
+                workload = read_workload(directory / it["prefix"])
                 nodes += workload.node_count()
-                handle = engine.add_workload(workload, start, label=it["folder"])
+                handle = engine.add_workload(workload, start, label=it["prefix"])
 
                 def done(_: Any, tick: int, index: int = index) -> None:
                     ends[index] = tick
@@ -310,7 +326,7 @@ def _replay_composed(
         finished: list[int] = []  # end of each iteration of this instance, in launch order
         for position, index in enumerate(by_instance.get(instance["instance_id"], [])):
             it = iterations[index]
-            prefix = directory / it["folder"] / WORKLOAD_PREFIX
+            prefix = directory / it["prefix"]
             if instance["num_npus"] > 1:
                 groups = folder / COMM_GROUPS_FILE
                 run = ReplayRun(
@@ -319,7 +335,7 @@ def _replay_composed(
                     network=folder / NETWORK_FILE,
                     memory=folder / MEMORY_FILE,
                     comm_groups=groups if groups.exists() else None,
-                    logging_folder=directory / it["folder"] / "log",
+                    logging_folder=folder / "log",
                 )
                 finish = replay(run, backend, options).finish_ns
             else:  # ASTRA-Sim needs 2 NPUs per dimension; one NPU only replays its compute durations
