@@ -130,17 +130,22 @@ def _read_text(path: Path, what: str) -> str:
 
 def _csv_rows(path: Path, text: str, required: Sequence[str], what: str) -> tuple[list[str], list[dict[str, str]]]:
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames
-    if not header:
-        raise PipesimError(f"{path}: empty (no header line); {what}")
-    missing = [column for column in required if column not in header]
-    if missing:
-        raise PipesimError(f"{path}: missing column(s) {name_first(missing)}; {what}")
-    rows = list(reader)
+    try:
+        header = reader.fieldnames
+        if not header:
+            raise PipesimError(f"{path}: empty (no header line); {what}")
+        missing = [column for column in required if column not in header]
+        if missing:
+            raise PipesimError(f"{path}: missing column(s) {name_first(missing)}; {what}")
+        rows = list(reader)
+    except csv.Error as exc:  # a NUL byte, an unterminated quote at the end
+        raise PipesimError(f"{path}:{reader.line_num}: not a CSV ({exc}); {what}") from None
     return list(header), rows
 
 
 def _number(path: Path, line: int, column: str, text: str | None, kind: type = int) -> Any:
+    if text is None:  # csv.DictReader fills a short row with None
+        raise PipesimError(f"{path}:{line}: column {column}: missing (the row has fewer cells than the header)")
     try:
         value = kind(text)
     except (TypeError, ValueError):
@@ -383,7 +388,10 @@ def load_compare(path: Path, label: str | None = None) -> RunData:
                 "--save-result` result (given as --compare); give that file or a pipesim run CSV"
             )
         return load_vllm_result(path, data, label)
-    header = next(csv.reader(io.StringIO(text)), [])
+    try:
+        header = next(csv.reader(io.StringIO(text)), [])
+    except csv.Error:
+        header = []
     if not header or any(column not in header for column in RUN_COLUMNS):
         missing = [column for column in RUN_COLUMNS if column not in header]
         raise PipesimError(
