@@ -42,7 +42,9 @@ class SweepOutcome:
         capacity = self.spec.capacity
         if capacity is None:
             return text
-        params = ", ".join(f"{name}={self.best[name]}" for name in self.spec.parameter_names) if self.best else ""
+        params = (
+            ", ".join(f"{name}={_short(self.best[name])}" for name in self.spec.parameter_names) if self.best else ""
+        )
         if capacity.rate is not None:
             found = (
                 f"cheapest configuration meeting the SLO at {capacity.rate:g} req/s: {params or 'the base'} "
@@ -109,3 +111,8 @@ def run_sweep(
         rows=[{k: v for k, v in row.items() if k != BEST} for row in rows],
         best=best,
     )
+
+
+def _short(cell: str, width: int = 40) -> str:
+    """A parameter cell for a message: whole objects (a list of instances) cut to a readable length."""
+    return cell if len(cell) <= width else cell[: width - 3] + "..."
