@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -310,7 +309,22 @@ def test_bad_spec_on_the_cli_exits_2_and_writes_nothing(tmp_path, capsys):
     assert "none.yaml: no such sweep spec" in capsys.readouterr().err
 
 
-def test_example_spec_in_configs_expands():
-    for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
-        points = load_spec(path).points()
-        assert points and all(math.isfinite(p.index) for p in points)
+def test_example_specs_in_configs_expand():
+    counts = {path.name: len(load_spec(path).points()) for path in (REPO / "configs" / "sweeps").glob("*.yaml")}
+    assert counts == {"serving_tp_rate.yaml": 12, "training_schedules.yaml": 9, "serving_cheapest.yaml": 2}
+
+
+def test_a_dataset_swept_over_rate_rescales_its_arrivals(tmp_path):
+    dataset = tmp_path / "w.jsonl"
+    write_workload_jsonl(dataset, generate_workload(WorkloadSpec(**WORKLOAD)))  # generated at 8 req/s
+    data = {"base": {"cluster_config": str(CLUSTER), "dataset": "w.jsonl"}, "grid": {"rate": [8, 16]}}
+    spec = spec_from_dict(data, tmp_path / "spec.yaml")  # the dataset path is relative to the spec
+    rows = [run_point(p.job) for p in spec.points()]
+    # At the dataset's own rate the arrivals are unchanged: the row is `pipesim run` on the file.
+    direct = serve(RunRequest(cluster_config=CLUSTER, dataset=dataset)).summary
+    assert rows[0] == {"num_npus": 1, **flatten(direct.to_json())}
+    # At twice the rate the same requests arrive in half the time.
+    doubled = WorkloadSpec(**{**WORKLOAD, "rate": 16})
+    faster = serve(RunRequest(cluster_config=CLUSTER, dataset=dataset), requests=generate_workload(doubled)).summary
+    assert rows[1]["mean_ttft_ms"] == pytest.approx(faster.to_json()["mean_ttft_ms"], rel=1e-3)
+    assert rows[1]["duration"] < rows[0]["duration"]

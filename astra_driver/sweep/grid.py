@@ -29,7 +29,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,8 @@ class SweepSpec:
     base: dict[str, Any]  # paths resolved
     axes: tuple[Axis, ...]
     capacity: CapacitySpec | None
+    # cluster JSON files read for this spec, by path (a grid over 100 points reads each file once)
+    cluster_files: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def parameter_names(self) -> list[str]:
@@ -336,10 +338,10 @@ def _point_config(spec: SweepSpec, params: dict[str, Any], where: str) -> dict[s
     for name, value in params.items():
         section, _, rest = name.partition(".")
         if spec.kind == "training":
-            field = rest if section == "train" else name
-            if field not in TRAIN_FIELDS:
+            train_field = rest if section == "train" else name
+            if train_field not in TRAIN_FIELDS:
                 raise PipesimError(f"{spec.path}: {where}: {name}: not a training field; use {_list(TRAIN_FIELDS)}")
-            config["train"][field] = value
+            config["train"][train_field] = value
         elif section in ("run", "workload") and rest:
             if section == "workload" and config.get("workload") is None:
                 raise PipesimError(
@@ -384,22 +386,19 @@ def _point_config(spec: SweepSpec, params: dict[str, Any], where: str) -> dict[s
     return job
 
 
-_CLUSTER_CACHE: dict[str, Any] = {}
-
-
 def _cluster_json(spec: SweepSpec, value: Any, where: str) -> tuple[Any, str]:
     if isinstance(value, dict):
         return copy.deepcopy(value), f"{spec.path}: cluster_config"
     if not isinstance(value, str):
         raise PipesimError(f"{spec.path}: {where}: cluster_config: give a path to a cluster JSON or an inline object")
-    if value not in _CLUSTER_CACHE:
+    if value not in spec.cluster_files:
         try:
-            _CLUSTER_CACHE[value] = json.loads(Path(value).read_text())
+            spec.cluster_files[value] = json.loads(Path(value).read_text())
         except OSError as exc:
             raise PipesimError(f"{spec.path}: cluster_config: {value}: cannot read it ({exc.strerror})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PipesimError(f"{spec.path}: cluster_config: {value}: not valid JSON ({exc})") from None
-    return copy.deepcopy(_CLUSTER_CACHE[value]), value
+    return copy.deepcopy(spec.cluster_files[value]), value
 
 
 def _set_path(spec_path: Path, where: str, document: Any, dotted: str, value: Any) -> None:
