@@ -297,3 +297,34 @@ def test_replay_timeline_png_and_window(tmp_path: Path, capsys) -> None:
         if end >= 5_000_000 and issue <= 6_000_000
     }
     assert got == want and want
+
+
+# --- a serving run's tracks ---------------------------------------------------------------------------------
+
+
+def test_serving_tracks_of_a_real_serving_run() -> None:
+    """What `pipesim run --timeline` adds: per instance its batches and its requests, at the loop's own times."""
+    from astra_driver.cluster_config import load_cluster_config
+    from astra_driver.report.serving_timeline import serving_tracks
+    from astra_driver.serving.loop import ServingRunConfig, run_serving
+    from astra_driver.serving.workload import load_workload
+    from tests.conftest import REPO
+
+    cluster = load_cluster_config(REPO / "configs" / "cluster" / "single_node_single_instance.json")
+    requests = load_workload(REPO / "configs" / "workloads" / "example_trace.jsonl")
+    result = run_serving(ServingRunConfig(cluster=cluster, requests=requests))
+    tracks = serving_tracks(result.iterations, result.requests)
+    assert [(t.process, t.name) for t in tracks] == [("instance 0", "iterations"), ("instance 0", "requests")]
+    iterations, served = tracks
+    assert [(s.start_ns, s.end_ns, s.args["batch_id"]) for s in iterations.spans] == [
+        (r.start_ns, r.end_ns, r.batch_id) for r in result.iterations
+    ]
+    assert len(served.spans) == len(result.requests) == 12
+    for span, request in zip(served.spans, result.requests, strict=True):
+        assert (span.start_ns, span.end_ns) == (request.arrival_ns, request.finish_ns)
+        assert span.args["ttft_ns"] == request.token_times_ns[0] - request.arrival_ns
+    assert [i.at_ns for i in served.instants] == [r.token_times_ns[0] for r in result.requests]
+    trace = build_timeline([], tracks=tracks).to_json()
+    process = next(e["pid"] for e in trace["traceEvents"] if e["name"] == "process_name")
+    assert len(_complete_events(trace, process)) == len(result.iterations) + 12
+    _assert_tracks_nest(trace)
