@@ -673,13 +673,15 @@ class DockerBackend:
             )
 
     def _stop_container(self, docker: str, container: str) -> None:
-        # `docker rm -f` kills and removes it; "No such container" (already gone, or never created) is fine.
+        # `docker rm -f` kills and removes it; "No such container" (already gone, or never created) is fine. In
+        # its own session: a second Ctrl-C at the terminal (sent to the whole foreground group) cannot kill it.
         try:
             subprocess.run(
                 [docker, "rm", "-f", container],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=_DOCKER_STOP_TIMEOUT_S,
+                start_new_session=True,
             )
         except (OSError, subprocess.TimeoutExpired):
             pass
