@@ -96,18 +96,18 @@ def _layers(tokens: int) -> LayerList:
 
 
 def _pipelined(engine: Engine, iterations: int) -> list[int]:
-    """Iteration k added when stage 0 is free (at most 2 in flight); returns each iteration's finish."""
+    """Iteration k added when stage 0 is free and iteration k-2 is done (at most 2 in flight, as the serving loop
+    does); returns each iteration's finish."""
     plan = ParallelPlan(1, 2, 1, ((0, 2), (2, 4)))
     workloads = [build_serving_workload(_layers(64), plan, iteration_id=k) for k in range(4)]
-    finishes = []
-    stage0_free = engine.now
+    finishes: list[int] = []
+    handles = []
     for k in range(iterations):
-        handle = engine.add_workload(workloads[k % 4], stage0_free, label=k)
-        handle.on_done = lambda w, tick: finishes.append(tick)
-        stage0 = handle.graph(0)
-        while stage0.finish_ns is None:
+        while handles and (handles[-1].graph(0).finish_ns is None or (k >= 2 and handles[-2].finish_ns is None)):
             engine.run_until(engine.next_event_ns())
-        stage0_free = stage0.finish_ns
+        handle = engine.add_workload(workloads[k % 4], engine.now, label=k)
+        handle.on_done = lambda w, tick: finishes.append(tick)
+        handles = [*handles[-1:], handle]
     engine.run_until(None)
     return finishes
 
@@ -119,10 +119,13 @@ def test_finished_graphs_are_freed_and_times_unchanged(monkeypatch: pytest.Monke
     assert _pipelined(engine, 50) == reference
     s0, s1 = 503_000, 807_000
     link = _link_ns(64 * 4096 * 2)
-    expected, previous = [], 0
-    for k in range(50):
-        previous = max((k + 1) * (s0 + link), previous) + s1
-        expected.append(previous)
+    expected, start, previous = [], 0, 0
+    for _ in range(50):
+        stage0_done = start + s0 + link
+        expected.append(max(stage0_done, previous) + s1)
+        # the next launches when stage 0 is free and the iteration before this one is done
+        start = max(stage0_done, previous)
+        previous = expected[-1]
     assert reference == expected
     assert all(len(state.ids) <= 16 for state in engine.ranks)  # 4 nodes per graph: a few graphs at most
     assert not engine._events
