@@ -164,7 +164,9 @@ def test_real_docker_signal_stops_the_container(tmp_path: Path, stand_in: str, s
         f"--docker-image={stand_in}",
         "--docker-binary=astra_slow",
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         started = run.logging_folder / "child.pid"  # written inside the running container
         deadline = time.monotonic() + 60
@@ -172,7 +174,7 @@ def test_real_docker_signal_stops_the_container(tmp_path: Path, stand_in: str, s
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.05)
         assert len(_containers(stand_in)) == 1
-        process.send_signal(sig)
+        os.killpg(process.pid, sig)  # the whole group, as a terminal sends Ctrl-C
         _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:

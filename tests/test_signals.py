@@ -47,7 +47,9 @@ def _wait_for(path: Path, seconds: float = 15.0) -> None:
 
 
 def _interrupt(argv: list[str], env: dict[str, str], started: Path, sig: signal.Signals) -> tuple[int, str]:
-    """Run `pipesim argv` in a child process, send `sig` once `started` exists, return (exit code, stderr)."""
+    """Run `pipesim argv` in a child process, send `sig` once `started` exists, return (exit code, stderr).
+
+    The signal goes to pipesim's whole process group, as a terminal sends Ctrl-C (and `kill -TERM -PGID`)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "astra_driver.cli", *argv],
         cwd=REPO,
@@ -55,10 +57,11 @@ def _interrupt(argv: list[str], env: dict[str, str], started: Path, sig: signal.
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     try:
         _wait_for(started)
-        process.send_signal(sig)
+        os.killpg(process.pid, sig)
         _, err = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
