@@ -630,6 +630,8 @@ class Engine(CollectiveRuntime):
         waiting = target.waiting_recvs.get(key)
         if waiting:
             recv = waiting.popleft()
+            if not waiting:
+                del target.waiting_recvs[key]  # tags are unique per iteration: keep no empty queue per tag
             self._push(arrival, E_DONE, dst, recv)
         else:
             target.arrived.setdefault(key, deque()).append((arrival, state.rank, index))
@@ -641,6 +643,8 @@ class Engine(CollectiveRuntime):
         arrived = state.arrived.get(key)
         if arrived:
             arrival, sender, sender_index = arrived.popleft()
+            if not arrived:
+                del state.arrived[key]
             self.ranks[sender].graph_of[sender_index].unreceived -= 1
             self._push(max(arrival, tick), E_DONE, state.rank, index)
         else:
