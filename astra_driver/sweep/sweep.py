@@ -7,6 +7,7 @@ complete CSV of finished points.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,9 +84,14 @@ def run_sweep(
     completed = False
     last_write = time.monotonic()
     try:
-        with ServingProgress(len(points), enabled=show_progress, unit="points", show_sim_time=False) as progress:
+        # closing(): however the loop ends, the executor stops its workers or tasks before the final write
+        results = executor.run(run_point, [(p.index, p.job) for p in todo])
+        with (
+            ServingProgress(len(points), enabled=show_progress, unit="points", show_sim_time=False) as progress,
+            contextlib.closing(results),
+        ):
             progress.update(len(points) - len(todo), 0)
-            for index, metrics in executor.run(run_point, [(p.index, p.job) for p in todo]):
+            for index, metrics in results:
                 table.put(points[index], metrics)
                 ran += 1
                 if on_row is not None:
