@@ -69,11 +69,13 @@ def stand_in() -> Iterator[str]:
         pytest.skip(f"none of the local base images {BASE_IMAGES[1:]} is present (run docker-daemon.sh)")
     tag = f"pipesim-test/astra-stand-in:{uuid.uuid4().hex[:10]}"
     with tempfile.TemporaryDirectory() as context:
-        built = _docker("build", "-q", "-t", tag, str(write_stand_in_image(Path(context), base)))
+        built = _docker("build", "-q", "-t", tag, str(write_stand_in_image(Path(context), base, label=tag)))
     assert built.returncode == 0, built.stderr
     try:
         yield tag
     finally:
+        for container in _containers(tag):  # a failed test's leftovers
+            _docker("rm", "-f", container)
         _docker("rmi", "-f", tag)
 
 
@@ -178,7 +180,10 @@ def test_real_docker_signal_stops_the_container(tmp_path: Path, stand_in: str, s
         _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            for container in _containers(stand_in):
+                _docker("rm", "-f", container)
     assert process.returncode == code
     assert err.splitlines() == [
         f"pipesim: interrupted by {sig.name}; stopped (unfinished output files are not written)"
