@@ -10,12 +10,15 @@ Wall time depends on what else the machine runs; the CPU time of this process is
   x tp x dp); `--write DIR` streams every NPU's .et file and the ASTRA-Sim files there.
 
     python scripts/bench_train.py [--scales 1024,8192,16384] [--full] [--write DIR]
+    python scripts/bench_train.py --megatron     # Narayanan et al. 2021 Table 1 rows against pipesim (docs/training.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +45,53 @@ BASE = TrainingConfig(
 )
 
 
+# Narayanan et al. 2021, Table 1 (GPT, s = 2048, V = 51200, A100, full recompute): (name, heads, hidden, layers,
+# tp, pp, GPUs, global batch, published TFLOP/s per GPU counting recomputation).
+MEGATRON_TABLE_1 = (
+    ("18.4B", 48, 6144, 40, 8, 1, 256, 1024, 135),
+    ("39.1B", 64, 8192, 48, 8, 2, 512, 1536, 138),
+    ("76.1B", 80, 10240, 60, 8, 4, 1024, 1792, 140),
+    ("145.6B", 96, 12288, 80, 8, 8, 1536, 2304, 148),
+    ("310.1B", 128, 16384, 96, 8, 16, 1920, 2160, 155),
+    ("529.6B", 128, 20480, 105, 8, 35, 2520, 2520, 163),
+    ("1008B", 160, 25600, 128, 8, 64, 3072, 3072, 163),
+)
+
+
+def megatron_table() -> None:
+    """Each Table 1 row as `pipesim train` (microbatch 1, 1F1B, 25 GB/s per GPU between DGX nodes)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, heads, hidden, layers, tp, pp, gpus, batch, published in MEGATRON_TABLE_1:
+            config_path = Path(folder) / name / "config.json"
+            config_path.parent.mkdir()
+            gpt = {"model_type": "gpt2", "n_embd": hidden, "n_layer": layers, "n_head": heads}
+            config_path.write_text(json.dumps({**gpt, "n_positions": 2048, "vocab_size": 51200}))
+            dp = gpus // (tp * pp)
+            start = time.perf_counter()
+            result = run_training(
+                TrainingConfig(
+                    model=str(config_path),
+                    hardware="A100-80G",
+                    tp=tp,
+                    pp=pp,
+                    dp=dp,
+                    schedule="1f1b",
+                    microbatches=batch // dp,
+                    seq_len=2048,
+                    recompute="full",
+                    inter_node_bw_gbps=25.0,
+                    representative=True,
+                )
+            )
+            ours = result.hardware_tflops_per_gpu
+            print(
+                f"{name:>7} tp {tp} x pp {pp} x dp {dp}, {batch // dp} microbatches: {ours:.1f} TFLOP/s/GPU vs "
+                f"{published} published ({(ours / published - 1) * 100:+.1f}%), bubble "
+                f"{result.bubble_fraction * 100:.1f}% ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+
+
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
 
@@ -51,7 +101,11 @@ def main() -> None:
     parser.add_argument("--scales", default="1024,8192,16384", help="NPU counts (multiples of tp x pp = 128)")
     parser.add_argument("--full", action="store_true", help="also simulate every NPU of the 1024-NPU step")
     parser.add_argument("--write", type=Path, default=None, help="write every NPU's trace of the largest scale here")
+    parser.add_argument("--megatron", action="store_true", help="only compare with Megatron-LM's Table 1")
     args = parser.parse_args()
+    if args.megatron:
+        megatron_table()
+        return
     scales = [int(s) for s in args.scales.split(",")]
     for npus in scales:
         dp = npus // (BASE.tp * BASE.pp)
