@@ -45,6 +45,7 @@ from llm_converter.graphs.training import (
 )
 from llm_converter.hardware import HardwareSpec, get_hardware
 from llm_converter.latency.roofline import RooflineModel
+from llm_converter.memory import MEM_GB
 from llm_converter.models import ModelSpec, dtype_bytes, get_model
 from llm_converter.perf import paused_gc
 from llm_converter.schedules import build_schedule, load_schedule
@@ -115,6 +116,11 @@ class StageReport:
     peak_activation_bytes: int  # one NPU, at the rank's peak
     busy_ns: int
     bubble_fraction: float
+    capacity_bytes: int = 0  # the NPU's device memory
+
+    @property
+    def fits(self) -> bool:
+        return self.total_memory_bytes <= self.capacity_bytes
 
     @property
     def total_memory_bytes(self) -> int:
@@ -138,6 +144,8 @@ class StageReport:
                 "activation_bytes_per_microbatch": list(self.activation_bytes_per_microbatch),
                 "peak_activation_bytes": self.peak_activation_bytes,
                 "total_bytes": self.total_memory_bytes,
+                "capacity_bytes": self.capacity_bytes,
+                "fits": self.fits,
             },
         }
 
@@ -215,13 +223,19 @@ class TrainingResult:
                 f"{_gb(s.memory.grad_bytes):<10} {_gb(s.memory.optimizer_bytes):<10} "
                 f"{_gb(s.peak_activation_bytes) + f' ({inflight})':<22} {s.bubble_fraction * 100:.2f}%"
             )
+        for s in self.per_stage:
+            if not s.fits:
+                lines.append(
+                    f"stage {s.pp_rank} needs {_gb(s.total_memory_bytes)} per NPU but {c.hardware} has "
+                    f"{_gb(s.capacity_bytes)}: it does not fit (more --tp/--pp, --recompute, --distributed-optimizer)"
+                )
         if self.files:
             lines.append(f"wrote {len(self.files)} files under {self.files[0].parent}")
         return "\n".join(lines)
 
 
 def _gb(value: int) -> str:
-    return f"{value / 1e9:.3f} GB"
+    return f"{value / MEM_GB:.3f} GB"  # GB of 2^30 bytes, as every GB pipesim prints (llm_converter/memory.py)
 
 
 def _count(value: int) -> str:
@@ -594,6 +608,7 @@ def run_training(config: TrainingConfig) -> TrainingResult:
                 peak_activation_bytes=peaks[r],
                 busy_ns=busy,
                 bubble_fraction=1 - busy / step,
+                capacity_bytes=hardware.memory_bytes,
             )
         )
     sequences = schedule.microbatches * config.micro_batch_size * plan.dp

@@ -12,6 +12,8 @@ from llm_converter.chakra.validator import validate_workload
 from llm_converter.errors import PipesimError
 from llm_converter.graphs.tags import TAG_MODULUS, training_tag
 from llm_converter.graphs.training import build_training_workload
+from llm_converter.schedules import SCHEDULES
+from llm_converter.training_ops import step_ns
 
 F_US, B_US = 100, 200
 
@@ -125,3 +127,25 @@ def test_bad_input_is_one_line() -> None:
                 model="gpt2", hardware="A100-80G", pp=4, microbatches=8, schedule="interleaved-1f1b", chunks=2
             )
         )
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_every_schedule_converts_to_valid_graphs_that_finish(schedule: str) -> None:
+    chunks = 2 if SCHEDULES[schedule].takes_chunks else None
+    config = TrainingConfig(
+        model="gpt2",
+        hardware="A100-80G",
+        tp=2,
+        pp=2,
+        dp=2,
+        schedule=schedule,
+        chunks=chunks,
+        microbatches=4,
+        seq_len=64,
+    )
+    build = build_training(config)
+    report = validate_workload(build_training_workload(build.spec), progress=False)
+    assert report.ok, report.problems[:3]
+    result = run_training(config)
+    busy = max(sum(step_ns(build.spec.stage_steps[s].for_letter("F")) for s in build.plan.stages_of(r)) for r in (0, 1))
+    assert result.step_time_ns > 4 * busy  # every microbatch's forward ran, at least
