@@ -289,11 +289,17 @@ def _check_config(config: TrainingConfig) -> None:
 
 def _network(config: TrainingConfig, hardware: HardwareSpec, npus: int) -> NetworkConfig:
     if config.p2p_time_us is not None:
+        # Dimension 0 holds a stage's TP ranks (consecutive ids) on the intra-node link, so TP collectives keep
+        # their time; dimension 1 (pipeline ranks and DP replicas) costs exactly C per message.
+        fixed = ("FullyConnected", npus // config.tp, FIXED_P2P_BANDWIDTH_GBPS, config.p2p_time_us * 1000.0)
+        intra_bw = config.intra_node_bw_gbps if config.intra_node_bw_gbps is not None else hardware.interconnect_gbps
+        tp_dim = ("FullyConnected", config.tp, float(intra_bw), float(hardware.interconnect_latency_ns))
+        dims = [dim for dim in (tp_dim, fixed) if dim[1] > 1] or [fixed]
         return NetworkConfig(
-            topology=["FullyConnected"],
-            npus_count=[npus],
-            bandwidth=[FIXED_P2P_BANDWIDTH_GBPS],
-            latency=[config.p2p_time_us * 1000.0],
+            topology=[d[0] for d in dims],
+            npus_count=[d[1] for d in dims],
+            bandwidth=[d[2] for d in dims],
+            latency=[d[3] for d in dims],
         )
     if config.network_file is not None:
         network = load_network(config.network_file)

@@ -149,3 +149,12 @@ def test_every_schedule_converts_to_valid_graphs_that_finish(schedule: str) -> N
     result = run_training(config)
     busy = max(sum(step_ns(build.spec.stage_steps[s].for_letter("F")) for s in build.plan.stages_of(r)) for r in (0, 1))
     assert result.step_time_ns > 4 * busy  # every microbatch's forward ran, at least
+
+
+def test_fixed_p2p_time_keeps_tp_collectives_on_their_link() -> None:
+    # Real layer times with TP all-reduces: a C-us transfer still adds exactly 2 (p - 1) C to a GPipe step.
+    base = TrainingConfig(model="gpt2", hardware="A100-80G", tp=2, pp=4, schedule="gpipe", microbatches=4, seq_len=256)
+    free = run_training(replace(base, p2p_time_us=0))
+    slow = run_training(replace(base, p2p_time_us=10))
+    assert slow.step_time_ns - free.step_time_ns == 2 * 3 * 10_000
+    assert build_training(replace(base, p2p_time_us=10)).astra.network.npus_count == [2, 4]
