@@ -117,6 +117,7 @@ class StageReport:
     busy_ns: int
     bubble_fraction: float
     capacity_bytes: int = 0  # the NPU's device memory
+    action_ns: tuple[dict[str, int], ...] = ()  # per virtual stage: compute ns of one microbatch's F, B, I, W
 
     @property
     def fits(self) -> bool:
@@ -136,6 +137,7 @@ class StageReport:
             "peak_inflight_per_stage": list(self.peak_inflight_microbatches),
             "bubble_fraction": self.bubble_fraction,
             "busy_ns": self.busy_ns,
+            "microbatch_compute_ns": [dict(times) for times in self.action_ns],
             "memory": {
                 "params_per_npu": self.memory.params,
                 "weight_bytes": self.memory.weight_bytes,
@@ -595,6 +597,7 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     bubble = 1 - busy_total / (plan.npus * step)
     inflight = peak_inflight(schedule)
     peaks = peak_activation_bytes(schedule, build.activation_bytes)
+    action_ns = stage_compute_ns(build)
     per_stage = []
     for r in range(plan.pp):
         stages = plan.stages_of(r)
@@ -615,6 +618,7 @@ def run_training(config: TrainingConfig) -> TrainingResult:
                 busy_ns=busy,
                 bubble_fraction=1 - busy / step,
                 capacity_bytes=hardware.memory_bytes,
+                action_ns=tuple(action_ns[s] for s in stages),
             )
         )
     sequences = schedule.microbatches * config.micro_batch_size * plan.dp

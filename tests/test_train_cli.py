@@ -34,6 +34,9 @@ def test_json_reports_the_step_and_the_seed_stage_params(capsys: pytest.CaptureF
         and memory["optimizer_bytes"] == 12 * memory["params_per_npu"]
     )
     assert 0 < out["mfu"] < 1 and out["mfu"] == pytest.approx(out["tflops_per_gpu"] / 312)
+    for stage in out["per_stage"]:
+        (times,) = stage["microbatch_compute_ns"]
+        assert times["B"] == times["I"] + times["W"] and times["B"] > times["F"]
 
 
 def test_fixed_times_print_the_closed_form_bubble(capsys: pytest.CaptureFixture[str]) -> None:
