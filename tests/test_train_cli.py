@@ -131,3 +131,12 @@ def test_network_file_replaces_the_flags(tmp_path: Path, capsys: pytest.CaptureF
     network = tmp_path / "net100.yml"
     assert main(["train", *GPT2, "--pp", "4", "--microbatches", "4", "--network", str(network)]) == 2
     assert "describes 2 NPUs but tp x pp x dp = 4" in capsys.readouterr().err
+
+
+def test_representative_mode_still_writes_every_npus_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "rep"
+    args = ["train", *GPT2, "--tp", "2", "--pp", "2", "--dp", "2", "--microbatches", "2", "--seq-len", "64"]
+    assert main([*args, "--representative", "--out-dir", str(out_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["simulated_npus"] == 2
+    assert len(list(out_dir.glob("train.*.et"))) == 8
