@@ -216,6 +216,7 @@ class Engine(CollectiveRuntime):
         dims = self.network.dims
         self.ranks = [_Rank(rank, dims) for rank in range(self.npus)]
         self.graphs_added = 0
+        self._stop = False
         self._finished_front: set[int] = set()  # ranks where a graph finished since the last compaction check
         self._instances: dict[tuple[str, int], _Instance] = {}
         self._phase_cache: dict[tuple, list[int]] = {}
@@ -465,19 +466,31 @@ class Engine(CollectiveRuntime):
         heapq.heappush(self._events, (tick, self._seq, code, rank, payload))
         self._seq += 1
 
-    def run_until(self, tick: int | None) -> None:
+    def run_until(self, tick: int | None, advance_clock: bool = True) -> bool:
         """Process every event at or before `tick`; afterwards `now` is `tick`.
 
         `tick` None (what next_event_ns() returns once nothing is left) runs to the end: a clean end when every
-        node completed, else DeadlockError naming the stuck nodes."""
+        node completed, else DeadlockError naming the stuck nodes.
+
+        A callback may call `request_stop()`: the engine then finishes the events of the current tick and
+        returns True with `now` at that tick, so a driver can react (add graphs) exactly there. With
+        `advance_clock` False, `now` stays at the last event processed instead of moving on to `tick`."""
         if tick is None:
             self.run()
-            return
+            return False
+        self._stop = False
         self._loop(tick)
-        if tick > self.now:
+        stopped = self._stop
+        self._stop = False
+        if advance_clock and not stopped and tick > self.now:
             self.now = tick
         if self._finished_front:
             self._compact_finished()
+        return stopped
+
+    def request_stop(self) -> None:
+        """From a callback: end the current run_until once this tick's events are done."""
+        self._stop = True
 
     def next_event_ns(self) -> int | None:
         """Tick of the next pending event, or None when nothing is left to run.
@@ -488,7 +501,11 @@ class Engine(CollectiveRuntime):
 
     def run(self) -> None:
         """Run until nothing is left to do; raise DeadlockError if some node can never complete."""
+        self._stop = False
         self._loop(None)
+        while self._stop:  # a callback asked to stop: there is no driver step here, carry on
+            self._stop = False
+            self._loop(None)
         if self._finished_front:
             self._compact_finished()
         self.check_complete()
@@ -499,7 +516,10 @@ class Engine(CollectiveRuntime):
         pop = heapq.heappop
         finish_node = self._finish_node
         while events:
-            if limit is not None and events[0][0] > limit:
+            head = events[0][0]
+            if limit is not None and head > limit:
+                return
+            if self._stop and head > self.now:
                 return
             tick, _, code, rank, payload = pop(events)
             self.now = tick

@@ -46,6 +46,7 @@ from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan
 
 GIB = 1 << 30
+_FAR_FUTURE = 1 << 62  # run_until bound when no other engine or arrival limits the next step
 
 
 @dataclass
@@ -305,11 +306,20 @@ class ServingLoop:
         handle = inst.engine.add_workload(workload, self.now, label=(inst.instance_id, batch.batch_id))
         batch_id = batch.batch_id
 
+        engine = inst.engine
+
         def finished(_: WorkloadHandle, tick: int) -> None:
             self._done.append((inst, batch_id, tick))
+            engine.request_stop()
+
+        def stage0_done(_: GraphHandle, tick: int) -> None:
+            engine.request_stop()  # stage 0 is free: the instance may take its next batch now
 
         handle.on_done = finished
         inst.stage0 = [handle.graphs[rank] for rank in inst.stage0_ranks]
+        if inst.plan.pp > 1:
+            for graph in inst.stage0:
+                graph.on_done = stage0_done
         inst.inflight[batch_id] = (batch, self.now, kv_blocks, handle)
         inst.max_inflight = max(inst.max_inflight, len(inst.inflight))
         inst.iterations += 1
@@ -390,8 +400,11 @@ class ServingLoop:
         handle = self.link.add_workload(graphs, tick, label=f"KV transfer of {request.describe()}")
         key = tuple(messages)
 
+        link = self.link
+
         def arrived(_: WorkloadHandle, end: int) -> None:
             self._transfers_done.append((request, inst.instance_id, target_id, tick, (end, key, transfer_id)))
+            link.request_stop()
 
         handle.on_done = arrived
 
@@ -425,16 +438,39 @@ class ServingLoop:
                         batch = inst.scheduler.schedule(now)
                         if batch is not None:
                             self._launch(inst, batch)
-                tick = requests[position].arrival_ns if position < count else None
+                arrival = requests[position].arrival_ns if position < count else None
+                # The engine with the earliest event runs until one of its batches (or stage 0, or a KV transfer)
+                # finishes, or up to the next thing another engine or an arrival has: every engine's clock stays
+                # at or behind the loop's, so graphs can be added to any of them at `now`.
+                first = None
+                first_tick = second_tick = None
                 for engine in engines:
                     event = engine.next_event_ns()
-                    if event is not None and (tick is None or event < tick):
-                        tick = event
-                if tick is None:
-                    break
-                for engine in engines:
-                    engine.run_until(tick)
-                self.now = tick
+                    if event is None:
+                        continue
+                    if first_tick is None or event < first_tick:
+                        second_tick = first_tick
+                        first, first_tick = engine, event
+                    elif second_tick is None or event < second_tick:
+                        second_tick = event
+                if first is None:
+                    if arrival is None:
+                        break
+                    self.now = arrival
+                    continue
+                if arrival is not None and arrival < first_tick:
+                    self.now = arrival
+                    continue
+                bound = (
+                    second_tick if arrival is None or (second_tick is not None and second_tick < arrival) else arrival
+                )
+                if bound is None:
+                    first.run_until(_FAR_FUTURE, advance_clock=False)
+                    self.now = max(self.now, first.now)
+                elif first.run_until(bound):
+                    self.now = first.now
+                else:
+                    self.now = bound
                 if self._done:
                     done, self._done = self._done, []
                     for inst, batch_id, end in done:
