@@ -99,36 +99,54 @@ class RayExecutor:
         ray = import_ray()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         started_here = not ray.is_initialized()
-        if started_here:
-            try:
-                if self.address == "local":
-                    ray.init(
-                        num_cpus=self.workers or default_jobs(),
-                        include_dashboard=False,
-                        log_to_driver=False,
-                        logging_level=logging.WARNING,
-                    )
-                else:
-                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
-            except Exception as exc:
-                raise PipesimError(f"--ray {self.address}: cannot start or reach Ray ({_first_line(exc)})") from None
-        task = ray.remote(num_cpus=1, max_retries=0)(run_point)
-        pending = {task.remote(job): index for index, job in jobs}
+        pending: dict[Any, int] = {}
         try:
+            if started_here:
+                self._init(ray)
+            task = ray.remote(num_cpus=1, max_retries=0)(run_point)
+            for index, job in jobs:
+                pending[task.remote(job)] = index
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                done, _ = _signal_safe(ray.wait, list(pending), num_returns=1)
                 for ref in done:
                     index = pending.pop(ref)
                     try:
-                        row = ray.get(ref)
+                        row = _signal_safe(ray.get, ref)
                     except Exception as exc:  # the task's worker died
                         row = {"error": f"ray task failed: {_first_line(exc)}"}
                     yield index, row
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            if started_here:
+            if started_here and ray.is_initialized():
                 ray.shutdown()
+
+    def _init(self, ray: Any) -> None:
+        try:
+            if self.address == "local":
+                _signal_safe(
+                    ray.init,
+                    num_cpus=self.workers or default_jobs(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+            else:
+                _signal_safe(ray.init, address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+        except Exception as exc:
+            raise PipesimError(f"--ray {self.address}: cannot start or reach Ray ({_first_line(exc)})") from None
+
+
+def _signal_safe(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Ray's compiled wait/get run Python signal handlers inside; a BaseException they raise (pipesim's
+    Interrupted on Ctrl-C) comes out as a SystemError caused by it. Re-raise the interruption itself."""
+    try:
+        return call(*args, **kwargs)
+    except SystemError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, BaseException) and not isinstance(cause, Exception):
+            raise cause from None
+        raise
 
 
 def import_ray() -> Any:
