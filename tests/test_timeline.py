@@ -328,3 +328,41 @@ def test_serving_tracks_of_a_real_serving_run() -> None:
     process = next(e["pid"] for e in trace["traceEvents"] if e["name"] == "process_name")
     assert len(_complete_events(trace, process)) == len(result.iterations) + 12
     _assert_tracks_nest(trace)
+
+
+@needs_engine
+def test_message_arrows_pair_each_send_with_its_recv(tmp_path: Path, capsys) -> None:
+    """Flow events (Perfetto draws arrows): one per send, from the send to the recv ASTRA-Sim matched it with."""
+    folder = CONFORMANCE / "train_1f1b_4stages"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    out = tmp_path / "t.json"
+    assert main(["replay", *_replay_flags(folder), f"--timeline={out}"]) == 0, capsys.readouterr().err
+    trace = json.loads(out.read_text())
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    starts = {e["id"]: e for e in trace["traceEvents"] if e["ph"] == "s"}
+    ends = {e["id"]: e for e in trace["traceEvents"] if e["ph"] == "f"}
+    sends = [e for e in slices if e["cat"] == "COMM_SEND_NODE"]
+    assert len(starts) == len(ends) == len(sends) == trace["otherData"]["messages"] > 0
+    for flow_id, start in starts.items():
+        end = ends[flow_id]
+        assert end["bp"] == "e"
+
+        def enclosing(flow: dict) -> dict:
+            (found,) = [
+                e
+                for e in slices
+                if (e["pid"], e["tid"]) == (flow["pid"], flow["tid"])
+                and round(e["ts"] * 1000) <= round(flow["ts"] * 1000) <= round((e["ts"] + e["dur"]) * 1000)
+                and e["cat"] in ("COMM_SEND_NODE", "COMM_RECV_NODE")
+            ]
+            return found
+
+        send, recv = enclosing(start), enclosing(end)
+        assert (send["cat"], recv["cat"]) == ("COMM_SEND_NODE", "COMM_RECV_NODE")
+        assert (send["pid"] - 1, send["args"]["peer"]) == (recv["args"]["peer"], recv["pid"] - 1)
+        assert (send["args"]["tag"], send["args"]["bytes"]) == (recv["args"]["tag"], recv["args"]["bytes"])
+        # The data arrived when both completed (a recv ends when its send's data lands, or at its own issue).
+        assert recv["args"]["end_ns"] == max(send["args"]["end_ns"], recv["args"]["issue_ns"])
+    no_arrows = build_timeline([[(0, "s", 5, 0, 10)], [(0, "r", 6, 0, 10)]], messages=False)
+    assert [e for e in no_arrows.trace_events if e["ph"] in ("s", "f")] == []

@@ -261,12 +261,14 @@ def build_timeline(
     npus: Iterable[int] | None = None,
     max_events: int | None = DEFAULT_MAX_EVENTS,
     metadata: Mapping[str, Any] | None = None,
+    messages: bool = True,
 ) -> Timeline:
     """The Chrome trace of a run.
 
     node_times: per rank, (node_id, name, type, issue_ns, end_ns) for each node: the engine's
     SimResult.node_times or a BackendResult's NodeTime lists. facts: bytes/peer per node (node_facts()).
     tracks: extra tracks. window / npus / max_events: what to keep (max_events keeps the earliest by start).
+    messages: draw an arrow (a flow event pair) from each send to the recv it matched, when facts are known.
     """
     if max_events is not None and max_events < 1:
         raise PipesimError(f"--timeline-max-events {max_events}: must be >= 1")
@@ -345,6 +347,7 @@ def build_timeline(
         )
         used_slots.setdefault(pid, set()).add(slot)
     kept = len(events)
+    flows = _message_flows(events) if messages else []
     budget = None if max_events is None else max(0, max_events - kept)
     for index, (pid, track) in enumerate(extra_tracks):
         base_tid = (len(SLOTS) + 1 + index) * _LANE_STRIDE
@@ -407,13 +410,48 @@ def build_timeline(
         meta.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": thread}})
         meta.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid, "args": {"sort_index": tid}})
     return Timeline(
-        trace_events=meta + events,
+        trace_events=meta + events + flows,
         npus=len(node_times),
         events_total=total,
         events_kept=len(events),
         window=window,
-        metadata=dict(metadata or {}),
+        metadata={**(metadata or {}), "messages": len(flows) // 2},
     )
+
+
+def _issue_order(event: dict[str, Any]) -> tuple[int, int]:
+    return event["args"]["issue_ns"], event["args"]["node_id"]
+
+
+def _message_flows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flow events ("s" at the send, "f" at the recv) pairing each kept send with the recv that received it, as
+    ASTRA-Sim matches them: on (src, dst, tag, size), first issued with first issued among equal keys."""
+    sends: dict[tuple[int, int, int, int], list[dict[str, Any]]] = {}
+    recvs: dict[tuple[int, int, int, int], list[dict[str, Any]]] = {}
+    for event in events:
+        args = event["args"]
+        kind = args.get("type")
+        if kind not in ("COMM_SEND_NODE", "COMM_RECV_NODE") or "peer" not in args or "tag" not in args:
+            continue
+        rank = event["pid"] - 1
+        if kind == "COMM_SEND_NODE":
+            sends.setdefault((rank, args["peer"], args["tag"], args.get("bytes", 0)), []).append(event)
+        else:
+            recvs.setdefault((args["peer"], rank, args["tag"], args.get("bytes", 0)), []).append(event)
+    flows: list[dict[str, Any]] = []
+    for key, sent in sends.items():
+        received = recvs.get(key)
+        if not received:
+            continue
+        for send, recv in zip(sorted(sent, key=_issue_order), sorted(received, key=_issue_order), strict=False):
+            flow_id = len(flows) // 2 + 1
+            # The arrow ends where the data arrived: 1 ns before the recv's end, so it binds inside the slice.
+            end_ns = recv["args"]["end_ns"]
+            at_ns = end_ns - 1 if end_ns > recv["args"]["issue_ns"] else end_ns
+            common = {"name": "message", "cat": "message", "id": flow_id}
+            flows.append({**common, "ph": "s", "pid": send["pid"], "tid": send["tid"], "ts": send["ts"]})
+            flows.append({**common, "ph": "f", "bp": "e", "pid": recv["pid"], "tid": recv["tid"], "ts": _us(at_ns)})
+    return flows
 
 
 def npu_pid(rank: int) -> int:
