@@ -393,7 +393,7 @@ def build_training(config: TrainingConfig) -> TrainingBuild:
     boundary = config.micro_batch_size * config.seq_len * model.hidden_size * dtype_bytes(config.dtype)
     if config.tp > 1:
         # Each TP rank sends its 1/tp slice: the sequence shard with SP, else Megatron's scatter/gather
-        # optimisation (Narayanan et al. 2021, section 4.1; the receiver's NVLink all-gather is not modelled).
+        # optimisation (Narayanan et al. 2021, section 4.1), the receiving stage all-gathering it over NVLink.
         boundary = -(-boundary // config.tp)
     optimizer_ns: tuple[int, ...] = ()
     if config.stage_time_us is None:
@@ -412,6 +412,7 @@ def build_training(config: TrainingConfig) -> TrainingBuild:
         distributed_optimizer=config.distributed_optimizer,
         overlap_grad_reduce=config.overlap_grad_reduce,
         optimizer_ns=optimizer_ns,
+        gather_boundary=config.tp > 1 and not sp,
     )
     network = _network(config, hardware, plan.npus)
     astra = AstraConfig(network=network, system=_system(network, hardware), comm_groups=plan.comm_groups())

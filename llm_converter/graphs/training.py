@@ -183,6 +183,9 @@ class TrainingGraphSpec:
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False  # Megatron-LM's default
     optimizer_ns: tuple[int, ...] = ()  # per pipeline rank: the optimizer step of one NPU; () or 0: no node
+    # Each TP rank sends 1/tp of a boundary tensor and the receiving stage all-gathers it over its TP group
+    # (Megatron's scatter/gather optimisation, used without sequence parallelism).
+    gather_boundary: bool = False
 
     def __post_init__(self) -> None:
         plan, schedule = self.plan, self.schedule
@@ -316,7 +319,24 @@ def build_rank_graph(spec: TrainingGraphSpec, rank: int) -> Graph:
                         comm_size=spec.boundary_bytes[boundary],
                     )
                 )
-                deps.append(len(nodes) - 1)
+                received = len(nodes) - 1
+                if spec.gather_boundary and tp_pg is not None:
+                    # After the previous action, so every TP rank issues its group's collectives in one order.
+                    append(
+                        Node(
+                            len(nodes),
+                            f"{action}.{direction}_ag",
+                            _COLL,
+                            [*deps, received],
+                            _NO_DEPS,
+                            comm_type=int(CollectiveType.ALL_GATHER),
+                            comm_size=spec.boundary_bytes[boundary],
+                            pg_name=tp_pg,
+                        )
+                    )
+                    deps = [len(nodes) - 1]
+                else:
+                    deps.append(received)
         buckets = None
         if last_backward.get(stage) == action:
             buckets = pending_buckets.setdefault(stage, list(spec.buckets[stage]))
