@@ -278,6 +278,11 @@ BASE = {"cluster_config": str(CLUSTER), "workload": WORKLOAD}
         ({"base": BASE, "grid": {f"{INSTANCE}.tp_sise": [1]}}, r"nodes\.0\.instances\.0\.tp_sise: not a cluster"),
         ({"base": BASE, "grid": {"nodes.0.instances.3.tp_size": [1]}}, r"instances\.3: the cluster config has 1 ent"),
         ({"base": BASE, "grid": {"replicas": [1]}}, "grid: replicas: not a sweep field"),
+        (
+            {"base": BASE, "grid": {"run.max_num_seqs": [4, "8"]}},
+            "grid: run.max_num_seqs: '8' is not an integer or null",
+        ),
+        ({"base": {**BASE, "run": {"enable_prefix_caching": 1}}}, "base.run.enable_prefix_caching: 1 is not true or"),
         ({"base": BASE, "grid": {"workload.rate": []}}, "grid: workload.rate: give a non-empty list"),
         ({"base": BASE, "zip": [{"workload.rate": [1, 2], "run.max_num_seqs": [1]}]}, "zip.0: the lists of a zip"),
         ({"base": BASE, "grid": {"rate": [1]}, "zip": [{"rate": [2]}]}, "zip.0: rate: this field is already swept"),

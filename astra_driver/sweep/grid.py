@@ -168,9 +168,10 @@ def spec_from_dict(data: Any, path: Path | str = Path("<sweep spec>")) -> SweepS
         where = "grid: rate" if "rate" in names else "base.rate"
         raise PipesimError(f"{path}: {where}: capacity.rate fixes every point's rate; drop one of them")
     _point_config(spec, {}, where="base")  # the base's files can be read
-    for axis in spec.axes:  # every field resolves on the base: a typo fails here, not once per point
-        for name in axis.fields:
-            _point_config(spec, {name: axis.values[0][axis.fields.index(name)]}, where=axis.origin)
+    for axis in spec.axes:  # every value resolves on the base: a typo fails here, not once per point
+        for step in axis.values:
+            for name, value in zip(axis.fields, step, strict=True):
+                _point_config(spec, {name: value}, where=axis.origin)
     return spec
 
 
@@ -184,7 +185,7 @@ def _check_base(path: Path, kind: str, base: dict[str, Any], root: Path) -> dict
         if not isinstance(train, dict):
             raise PipesimError(f"{path}: base.train: give a mapping of TrainingConfig fields ({_list(TRAIN_FIELDS)})")
         for key in train:
-            _check_section_field(path, "train", key, f"base.train.{key}")
+            _check_section_field(path, "train", key, f"base.train.{key}", train[key])
         for required in ("model", "hardware"):
             if required not in train:
                 raise PipesimError(f"{path}: base.train.{required}: missing; a training point needs model and hardware")
@@ -206,7 +207,7 @@ def _check_base(path: Path, kind: str, base: dict[str, Any], root: Path) -> dict
         if not isinstance(value, dict):
             raise PipesimError(f"{path}: base.{section}: give a mapping of fields")
         for key in value:
-            _check_section_field(path, section, key, f"base.{section}.{key}")
+            _check_section_field(path, section, key, f"base.{section}.{key}", value[key])
         base[section] = {k: _resolve_path(f"{section}.{k}", v, root) for k, v in value.items()}
     for key in ("dataset", "cluster_config"):
         if key in base:
@@ -214,10 +215,52 @@ def _check_base(path: Path, kind: str, base: dict[str, Any], root: Path) -> dict
     return base
 
 
-def _check_section_field(path: Path, section: str, key: Any, where: str) -> None:
+def _check_section_field(path: Path, section: str, key: Any, where: str, value: Any) -> None:
     fields = {"run": RUN_FIELDS, "workload": WORKLOAD_FIELDS, "train": TRAIN_FIELDS}[section]
     if key not in fields:
         raise PipesimError(f"{path}: {where}: not a {section} field; use one of {_list(fields)}")
+    members = _union_members(_HINTS[section][key])
+    if not any(_fits(value, member) for member in members):
+        wanted = " or ".join(_KIND_NAMES.get(typing.get_origin(m) or m, str(m)) for m in members)
+        raise PipesimError(f"{path}: {where}: {value!r} is not {wanted}")
+
+
+_HINTS = {
+    "run": typing.get_type_hints(RunRequest),
+    "workload": typing.get_type_hints(WorkloadSpec),
+    "train": typing.get_type_hints(TrainingConfig),
+}
+_KIND_NAMES: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    Path: "a path",
+    tuple: "a list of numbers",
+    type(None): "null",
+}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value can be the field's type (bool is not an int here; a path is a string)."""
+    kind = typing.get_origin(annotation) or annotation
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int)
+    if kind is float:
+        return isinstance(value, int | float)
+    if kind is str or kind is Path:
+        return isinstance(value, str)
+    if kind is tuple:
+        return isinstance(value, list | tuple) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        )
+    return True  # a type the sweep does not know: the run checks it
 
 
 def _read_axes(path: Path, data: dict[str, Any], root: Path) -> list[Axis]:
@@ -341,6 +384,7 @@ def _point_config(spec: SweepSpec, params: dict[str, Any], where: str) -> dict[s
             train_field = rest if section == "train" else name
             if train_field not in TRAIN_FIELDS:
                 raise PipesimError(f"{spec.path}: {where}: {name}: not a training field; use {_list(TRAIN_FIELDS)}")
+            _check_section_field(spec.path, "train", train_field, f"{where}: {name}", value)
             config["train"][train_field] = value
         elif section in ("run", "workload") and rest:
             if section == "workload" and config.get("workload") is None:
@@ -348,7 +392,7 @@ def _point_config(spec: SweepSpec, params: dict[str, Any], where: str) -> dict[s
                     f"{spec.path}: {where}: {name}: the base reads a dataset; sweep `rate` instead, or "
                     "give a generated `workload`"
                 )
-            _check_section_field(spec.path, section, rest, f"{where}: {name}")
+            _check_section_field(spec.path, section, rest, f"{where}: {name}", value)
             config[section][rest] = value
         elif name in ("dataset", "rate", "cluster_config"):
             if name == "dataset" and config.get("workload") is not None:
