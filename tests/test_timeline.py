@@ -18,6 +18,7 @@ from astra_driver.report.timeline import (
     TimeWindow,
     Track,
     build_timeline,
+    node_facts,
     npu_pid,
     parse_npus,
     parse_window,
@@ -366,3 +367,40 @@ def test_message_arrows_pair_each_send_with_its_recv(tmp_path: Path, capsys) -> 
         assert recv["args"]["end_ns"] == max(send["args"]["end_ns"], recv["args"]["issue_ns"])
     no_arrows = build_timeline([[(0, "s", 5, 0, 10)], [(0, "r", 6, 0, 10)]], messages=False)
     assert [e for e in no_arrows.trace_events if e["ph"] in ("s", "f")] == []
+
+
+@needs_engine
+def test_message_arrows_under_a_window_are_the_full_runs_pairs() -> None:
+    """Pairs are matched over the whole run: a window keeps some of them, never makes new ones."""
+    from astra_driver.backends import ReplayRun, replay
+
+    folder = CONFORMANCE / "train_1f1b_4stages"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    run = ReplayRun(
+        folder / "workload", folder / "system.json", folder / "network.yml", folder / "memory.json",
+        record_node_times=True,
+    )  # fmt: skip
+    result = replay(run, "builtin")
+    facts = node_facts(read_workload(folder / "workload"))
+
+    def pairs(timeline) -> set[tuple[tuple[int, int], tuple[int, int]]]:
+        slices = {(e["pid"], e["tid"], e["ts"]): e for e in timeline.trace_events if e["ph"] == "X"}
+        flows: dict[int, dict[str, tuple[int, int]]] = {}
+        for event in timeline.trace_events:
+            if event["ph"] in ("s", "f"):
+                if event["ph"] == "s":
+                    node = slices[(event["pid"], event["tid"], event["ts"])]["args"]["node_id"]
+                else:
+                    node = next(
+                        e["args"]["node_id"]
+                        for e in timeline.trace_events
+                        if e["ph"] == "X" and (e["pid"], e["tid"]) == (event["pid"], event["tid"])
+                        and e["ts"] <= event["ts"] <= e["ts"] + e["dur"]
+                    )  # fmt: skip
+                flows.setdefault(event["id"], {})[event["ph"]] = (event["pid"] - 1, node)
+        return {(flow["s"], flow["f"]) for flow in flows.values()}
+
+    full = pairs(build_timeline(result.node_times, facts=facts))
+    windowed = pairs(build_timeline(result.node_times, facts=facts, window=TimeWindow(8_000_000, 14_000_000)))
+    assert windowed and windowed < full

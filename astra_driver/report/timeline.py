@@ -347,7 +347,7 @@ def build_timeline(
         )
         used_slots.setdefault(pid, set()).add(slot)
     kept = len(events)
-    flows = _message_flows(events) if messages else []
+    flows = _message_flows(node_times, lookup, events) if messages and facts is not None else []
     budget = None if max_events is None else max(0, max_events - kept)
     for index, (pid, track) in enumerate(extra_tracks):
         base_tid = (len(SLOTS) + 1 + index) * _LANE_STRIDE
@@ -419,31 +419,39 @@ def build_timeline(
     )
 
 
-def _issue_order(event: dict[str, Any]) -> tuple[int, int]:
-    return event["args"]["issue_ns"], event["args"]["node_id"]
-
-
-def _message_flows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flow events ("s" at the send, "f" at the recv) pairing each kept send with the recv that received it, as
-    ASTRA-Sim matches them: on (src, dst, tag, size), first issued with first issued among equal keys."""
-    sends: dict[tuple[int, int, int, int], list[dict[str, Any]]] = {}
-    recvs: dict[tuple[int, int, int, int], list[dict[str, Any]]] = {}
-    for event in events:
-        args = event["args"]
-        kind = args.get("type")
-        if kind not in ("COMM_SEND_NODE", "COMM_RECV_NODE") or "peer" not in args or "tag" not in args:
-            continue
-        rank = event["pid"] - 1
-        if kind == "COMM_SEND_NODE":
-            sends.setdefault((rank, args["peer"], args["tag"], args.get("bytes", 0)), []).append(event)
-        else:
-            recvs.setdefault((args["peer"], rank, args["tag"], args.get("bytes", 0)), []).append(event)
+def _message_flows(
+    node_times: Sequence[Iterable[Sequence[Any]]],
+    lookup: Callable[[int, int], NodeFacts | None],
+    kept: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Flow events ("s" at the send, "f" at the recv) pairing each send with the recv that received it, as
+    ASTRA-Sim matches them: on (src, dst, tag, size), first issued with first issued among equal keys. Matched
+    over the whole run (a window or rank filter must not shift the pairs), drawn where both ends were kept."""
+    sends: dict[tuple[int, int, int, int], list[tuple[int, int, int]]] = {}
+    recvs: dict[tuple[int, int, int, int], list[tuple[int, int, int]]] = {}
+    for rank, times in enumerate(node_times):
+        for node_id, _name, node_type, issue_ns, _end_ns in times:
+            if node_type not in (NodeType.COMM_SEND_NODE, NodeType.COMM_RECV_NODE):
+                continue
+            known = lookup(rank, node_id)
+            if known is None or known.peer is None or known.tag is None:
+                continue
+            size = known.bytes or 0
+            if node_type == NodeType.COMM_SEND_NODE:
+                sends.setdefault((rank, known.peer, known.tag, size), []).append((issue_ns, node_id, rank))
+            else:
+                recvs.setdefault((known.peer, rank, known.tag, size), []).append((issue_ns, node_id, rank))
+    by_node = {
+        (event["pid"] - 1, event["args"]["node_id"]): event
+        for event in kept
+        if event["args"]["type"] in ("COMM_SEND_NODE", "COMM_RECV_NODE")
+    }
     flows: list[dict[str, Any]] = []
     for key, sent in sends.items():
-        received = recvs.get(key)
-        if not received:
-            continue
-        for send, recv in zip(sorted(sent, key=_issue_order), sorted(received, key=_issue_order), strict=False):
+        for (_, send_id, src), (_, recv_id, dst) in zip(sorted(sent), sorted(recvs.get(key, ())), strict=False):
+            send, recv = by_node.get((src, send_id)), by_node.get((dst, recv_id))
+            if send is None or recv is None:
+                continue
             flow_id = len(flows) // 2 + 1
             # The arrow ends where the data arrived: 1 ns before the recv's end, so it binds inside the slice.
             end_ns = recv["args"]["end_ns"]
