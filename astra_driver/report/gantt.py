@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,7 +149,7 @@ def _coverage(intervals: list[tuple[int, int]], edges: np.ndarray) -> np.ndarray
 
 def draw_gantt(
     path: Path,
-    node_times: Sequence[Iterable[Sequence[Any]]],
+    node_times: Sequence[Sequence[Sequence[Any]]],
     window: TimeWindow | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     title: str | None = None,

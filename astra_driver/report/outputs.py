@@ -8,7 +8,7 @@ simulate, run and train take the same flags and write the same files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -100,7 +100,7 @@ class TimelineRequest:
 
 def write_timelines(
     request: TimelineRequest,
-    node_times: Sequence[Iterable[Sequence[Any]]],
+    node_times: Sequence[Sequence[Sequence[Any]]],
     facts: FactsSource | None = None,
     tracks: Sequence[Track] = (),
     metadata: Mapping[str, Any] | None = None,

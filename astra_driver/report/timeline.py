@@ -254,7 +254,7 @@ class Timeline:
 
 
 def build_timeline(
-    node_times: Sequence[Iterable[Sequence[Any]]],
+    node_times: Sequence[Sequence[Sequence[Any]]],
     facts: FactsSource | None = None,
     tracks: Sequence[Track] = (),
     window: TimeWindow | None = None,
@@ -420,7 +420,7 @@ def build_timeline(
 
 
 def _message_flows(
-    node_times: Sequence[Iterable[Sequence[Any]]],
+    node_times: Sequence[Sequence[Sequence[Any]]],
     lookup: Callable[[int, int], NodeFacts | None],
     kept: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
