@@ -8,6 +8,7 @@ is removed at the end; every container is started with --rm.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -92,6 +93,31 @@ def test_real_docker_run_exact_results_and_logs_owned_by_the_caller(tmp_path: Pa
     for path in run.logging_folder.iterdir():
         assert (path.stat().st_uid, path.stat().st_gid) == (os.getuid(), os.getgid()), path
     assert _containers(stand_in) == []  # --rm
+
+
+def test_real_docker_replay_timeline(tmp_path: Path, stand_in: str, capsys) -> None:
+    """`pipesim replay --backend docker --timeline`: the node times come from the container's log.log."""
+    from astra_driver.cli import main
+
+    run = write_small_run(tmp_path / "run")
+    out = tmp_path / "trace.json"
+    code = main(
+        [
+            "replay",
+            f"--workload-configuration={run.workload}",
+            f"--system-configuration={run.system}",
+            f"--network-configuration={run.network}",
+            f"--remote-memory-configuration={run.memory}",
+            f"--logging-folder={run.logging_folder}",
+            "--backend=docker",
+            f"--docker-image={stand_in}",
+            f"--timeline={out}",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    events = [e for e in json.loads(out.read_text())["traceEvents"] if e["ph"] == "X"]
+    got = sorted((e["pid"] - 1, e["args"]["node_id"], e["args"]["issue_ns"], e["args"]["end_ns"]) for e in events)
+    assert got == sorted((rank, node, issue, end) for rank, node, _, _, issue, end in SMALL_NODE_TICKS)
 
 
 def test_real_docker_abort_reads_134_with_the_assertion(tmp_path: Path, stand_in: str) -> None:
