@@ -179,6 +179,7 @@ def test_a_failing_point_records_one_line_and_the_sweep_goes_on(tmp_path):
     outcome = run_sweep(spec, out, jobs=1)
     rows = read_rows(out)
     assert outcome.failed == 2 and [r["error"] == "" for r in rows] == [True, False, False]
+    assert f"first failure ({INSTANCE}.tp_size=3): {rows[1]['error']}" in outcome.describe()
     assert "tp_size" in rows[1]["error"] and "\n" not in rows[1]["error"]
     assert rows[1]["completed"] == "" and rows[0]["completed"] == "8"
     ran: list[int] = []

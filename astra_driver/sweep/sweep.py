@@ -40,6 +40,10 @@ class SweepOutcome:
             f"wrote {self.output} ({self.points} points: {self.ran} run on {self.executor}, {self.skipped} already "
             f"there, {self.failed} failed)"
         )
+        failed = [row for row in self.rows if row.get(ERROR)]
+        if failed:
+            where = ", ".join(f"{name}={_short(failed[0][name])}" for name in self.spec.parameter_names)
+            text += f"\nfirst failure ({where or 'the base'}): {_short(failed[0][ERROR], 300)}"
         capacity = self.spec.capacity
         if capacity is None:
             return text
