@@ -305,24 +305,30 @@ class Engine(CollectiveRuntime):
         handle = GraphHandle(rank, self.graphs_added, first, len(nodes), at, len(nodes), None, 0, nodes, on_done)
         handle.workload = _workload
         self.graphs_added += 1
-        ids, names, types, kinds, slots = state.ids, state.names, state.types, state.kinds, state.slots
-        durations, pending, children = state.durations, state.pending, state.children
+        ids, names, types = state.ids, state.names, state.types
+        children = state.children
+        # Columns of the new nodes, built as lists and appended at once (a third of add_graph's time was appends).
+        first_index = len(ids)
+        node_types = [int(node.type) for node in nodes]
+        children.extend([None] * len(nodes))
+        new_kinds: list[int] = []
+        new_slots: list[int] = []
+        new_durations: list[int] = []
+        new_pending: list[int] = []
         # GPU compute nodes replayed from their duration, the bulk of every graph, skip _classify.
         plain_compute = not self._roofline and not self._replay_only
-        for node in nodes:
-            index = len(ids)
-            node_type = node.type
-            if plain_compute and node_type == _COMP and not node.is_cpu_op:
-                kind, slot, duration = K_TIMED, S_GPU, node.duration_micros * 1000 or 1
+        missing = state.missing
+        for offset, node in enumerate(nodes):
+            index = first_index + offset
+            if plain_compute and node_types[offset] == _COMP and not node.is_cpu_op:
+                new_kinds.append(K_TIMED)
+                new_slots.append(S_GPU)
+                new_durations.append(node.duration_micros * 1000 or 1)
             else:
                 kind, slot, duration = self._classify(rank, node)
-            ids.append(node.id)
-            names.append(node.name)
-            types.append(int(node_type))
-            kinds.append(kind)
-            slots.append(slot)
-            durations.append(duration)
-            children.append(None)
+                new_kinds.append(kind)
+                new_slots.append(slot)
+                new_durations.append(duration)
             parents = node.data_deps
             if node.ctrl_deps:
                 parents = list(dict.fromkeys([*parents, *node.ctrl_deps]))
@@ -332,19 +338,26 @@ class Engine(CollectiveRuntime):
             for parent in parents:
                 parent_index = index_of.get(parent)
                 if parent_index is None:
-                    state.missing.setdefault(index, []).append(parent)
+                    missing.setdefault(index, []).append(parent)
                     count += 1
                     continue
-                siblings = children[parent_index] if parent_index < index else None
                 if parent_index < index:
+                    siblings = children[parent_index]
                     if siblings is None:
                         children[parent_index] = [index]
                     else:
                         siblings.append(index)
                 else:
-                    state.missing.setdefault(-index - 1, []).append(parent_index)  # fixed up below
+                    missing.setdefault(-index - 1, []).append(parent_index)  # fixed up below
                 count += 1
-            pending.append(count)
+            new_pending.append(count)
+        ids.extend([node.id for node in nodes])
+        names.extend([node.name for node in nodes])
+        types.extend(node_types)
+        state.kinds.extend(new_kinds)
+        state.slots.extend(new_slots)
+        state.durations.extend(new_durations)
+        state.pending.extend(new_pending)
         # Children that appear before their parents in id order (allowed by feeder_v3).
         forward = [key for key in state.missing if key < 0]
         for key in forward:
