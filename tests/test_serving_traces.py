@@ -127,3 +127,11 @@ def test_summary_of_replay_matches_summarize_of_run_for_pd(tmp_path: Path) -> No
     replayed, summary, manifest = simulate(traces)
     assert summary.to_json() == summarize(run.result).to_json()
     assert [t["end_ns"] for t in manifest["transfers"]] == [t.end_ns for t in run.result.transfers]
+
+
+def test_simulate_names_a_missing_per_npu_file(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    serve(RunRequest(cluster_config=PP2, dataset=_dataset(tmp_path, 1), keep_traces=traces))
+    (traces / "instance0" / "iter0.1.et").unlink()
+    with pytest.raises(PipesimError, match=r"iter0\.\*\.et: found 1 of the instance's 2 per-NPU files"):
+        simulate(traces)

@@ -281,6 +281,16 @@ def simulate_traces(directory: Path | str, backend: str = "builtin", options: An
     return result
 
 
+def _read_iteration(directory: Path, iteration: dict[str, Any], npus: int) -> Workload:
+    workload = read_workload(directory / iteration["prefix"])
+    if len(workload.graphs) != npus:
+        raise PipesimError(
+            f"{directory / iteration['prefix']}.*.et: found {len(workload.graphs)} of the instance's {npus} per-NPU "
+            "files; the trace folder is incomplete (rerun --keep-traces)"
+        )
+    return workload
+
+
 def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dict]) -> tuple[list[int], int]:
     """Each instance's iterations onto one running engine at their launch ticks: end tick per iteration."""
     ends: list[int | None] = [None] * len(iterations)
@@ -297,7 +307,7 @@ def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dic
                 start = it["start_ns"]
                 if start > engine.now:
                     engine.run_until(start)
-                workload = read_workload(directory / it["prefix"])
+                workload = _read_iteration(directory, it, instance["num_npus"])
                 nodes += workload.node_count()
                 handle = engine.add_workload(workload, start, label=it["prefix"])
 
@@ -339,7 +349,7 @@ def _replay_composed(
                 )
                 finish = replay(run, backend, options).finish_ns
             else:  # ASTRA-Sim needs 2 NPUs per dimension; one NPU only replays its compute durations
-                workload = read_workload(prefix)
+                workload = _read_iteration(directory, it, 1)
                 from astra_driver.engine import simulate
 
                 finish = simulate(workload, _instance_config(directory, instance)).finish_ns
