@@ -12,10 +12,7 @@ so traces/<name>/ is either the previous complete output or the new complete out
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from llm_converter.errors import PipesimError
 from llm_converter.graph import Workload
 from llm_converter.graphs.forward import build_serving_workload
 from llm_converter.hardware import get_hardware
+from llm_converter.io import write_folder_atomically
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
@@ -394,7 +392,7 @@ def run_trace(request: TraceRequest) -> TraceResult:
             return et_files, {}
         return et_files, write_astra_files(folder, astra)
 
-    et_files, config_files = _write_folder_atomically(destination, write)
+    et_files, config_files = write_folder_atomically(destination, write)
     element_bytes = dtype_bytes(request.dtype)
     return TraceResult(
         directory=destination,
@@ -415,41 +413,6 @@ def run_trace(request: TraceRequest) -> TraceResult:
             f"{request.iteration.sequences} sequences"
         ),
     )
-
-
-def _write_folder_atomically(destination: Path, write):
-    """Run `write(folder)` on a fresh hidden folder beside `destination`, then swap it into place."""
-    parent = destination.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PipesimError(f"{parent}: cannot create the output folder ({exc.strerror}); check --out-dir") from None
-    if destination.exists() and not destination.is_dir():
-        raise PipesimError(f"{destination}: exists and is not a folder; choose another --name or remove it")
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.new-", dir=parent))
-    staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; the output is an ordinary folder
-    old = None
-    try:
-        result = write(staging)
-        if destination.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=parent))
-            os.replace(destination, old / destination.name)
-        os.replace(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and not destination.exists():
-            os.replace(old / destination.name, destination)  # put the previous output back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return result
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # --- convert -----------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from llm_converter.graphs.training import (
     split_training_stages,
 )
 from llm_converter.hardware import HardwareSpec, get_hardware
+from llm_converter.io import write_folder_atomically
 from llm_converter.latency.roofline import RooflineModel
 from llm_converter.memory import MEM_GB
 from llm_converter.models import ModelSpec, dtype_bytes, get_model
@@ -503,13 +504,36 @@ def _simulate_representative(build: TrainingBuild) -> _Simulated:
 
 
 def _write_traces(build: TrainingBuild, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with paused_gc():
-        et_files = write_workload(out_dir / WORKLOAD_PREFIX, iter_rank_graphs(build.spec))
-    if build.plan.npus == 1:
-        return et_files
-    config_files = write_astra_files(out_dir, build.astra)
-    return et_files + list(config_files.values())
+    """The step's .et files and ASTRA-Sim files, written to a staging folder swapped into `out_dir` at the end
+    (an interrupted or failed write leaves no half-written folder)."""
+
+    def write(folder: Path) -> list[str]:
+        with paused_gc():
+            et_files = write_workload(folder / WORKLOAD_PREFIX, iter_rank_graphs(build.spec))
+        if build.plan.npus == 1:
+            return [path.name for path in et_files]
+        config_files = write_astra_files(folder, build.astra)
+        return [path.name for path in [*et_files, *config_files.values()]]
+
+    _check_replaceable(out_dir)
+    return [out_dir / name for name in write_folder_atomically(out_dir, write)]
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """--out-dir is replaced whole: refuse a folder holding anything but a previous step's files."""
+    if not out_dir.is_dir():
+        return
+    ours = {NETWORK_FILE, SYSTEM_FILE, MEMORY_FILE, COMM_GROUPS_FILE, "log"}
+    foreign = sorted(
+        entry.name
+        for entry in out_dir.iterdir()
+        if entry.name not in ours and not (entry.name.startswith(f"{WORKLOAD_PREFIX}.") and entry.suffix == ".et")
+    )
+    if foreign:
+        raise PipesimError(
+            f"--out-dir {out_dir}: holds other files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) "
+            "and would be replaced; choose an empty or new folder"
+        )
 
 
 def _simulate_backend(build: TrainingBuild, out_dir: Path | None) -> tuple[_Simulated, list[Path]]:

@@ -140,3 +140,18 @@ def test_representative_mode_still_writes_every_npus_trace(tmp_path: Path, capsy
     out = json.loads(capsys.readouterr().out)
     assert out["simulated_npus"] == 2
     assert len(list(out_dir.glob("train.*.et"))) == 8
+
+
+def test_out_dir_is_written_whole_and_a_foreign_folder_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "step"
+    args = ["train", "--model", "gpt2", "--hardware", "A100-80G", "--pp", "2", "--schedule", "1f1b"]
+    args += ["--microbatches", "2", "--microbatch-size", "1", "--seq-len", "128", "--out-dir", str(out)]
+    assert main(args) == 0
+    first = sorted(path.name for path in out.iterdir())
+    assert "train.0.et" in first and "train.1.et" in first and "network.yml" in first
+    assert main(args) == 0  # a previous step's folder is replaced
+    assert sorted(path.name for path in out.iterdir()) == first
+    (out / "notes.txt").write_text("mine")
+    assert main(args) == 2
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
