@@ -233,15 +233,16 @@ def _emit(stages: list[list[Step]], plan: ParallelPlan, iteration_id: int, bound
     tp = plan.tp
     pp = plan.pp
     boundary_tags = [activation_tag(iteration_id, stage) for stage in range(pp - 1)]
+    # The compute and collective nodes of a stage are the same on each of its TP (and DP) ranks: built once per
+    # (stage, group) and shared by those ranks' graphs (nodes are never modified once built).
+    middles: dict[tuple[int, str | None], list[Node]] = {}
     graphs: list[Graph] = []
     for rank in range(plan.npus):
         stage, tp_rank, dp_rank = plan.coords(rank)
         nodes: list[Node] = []
-        append = nodes.append
-        next_id = 0
-        deps: list[int] = []
+        first_id = 0
         if stage > 0:
-            append(
+            nodes.append(
                 Node(
                     0,
                     f"COMM_RECV_NODE_act_s{stage - 1}_to_s{stage}",
@@ -253,36 +254,21 @@ def _emit(stages: list[list[Step]], plan: ParallelPlan, iteration_id: int, bound
                     comm_size=boundary_bytes[stage - 1],
                 )
             )
-            deps = [0]
-            next_id = 1
+            first_id = 1
         pg_name = plan.pg_name(stage, dp_rank) if tp > 1 else None
-        for step in stages[stage]:
-            # Positional (id, name, type, data_deps, ctrl_deps, duration_micros, start_time_micros, is_cpu_op,
-            # num_ops, tensor_size): a third faster than keywords, and compute nodes are most of the graph.
-            append(Node(next_id, step.name, _COMP, deps, [], step.duration_us, 0, False, step.flops, step.bytes))
-            deps = [next_id]
-            next_id += 1
-            if step.comm != "none":
-                append(
-                    Node(
-                        next_id,
-                        step.comm_name,
-                        _COLL,
-                        deps,
-                        comm_type=_COLLECTIVE_OF[step.comm],
-                        comm_size=step.comm_bytes,
-                        pg_name=pg_name,
-                    )
-                )
-                deps = [next_id]
-                next_id += 1
+        middle = middles.get((stage, pg_name))
+        if middle is None:
+            middle = _stage_nodes(stages[stage], first_id, pg_name)
+            middles[(stage, pg_name)] = middle
+        nodes.extend(middle)
         if stage < pp - 1:
-            append(
+            last = nodes[-1].id if nodes else -1
+            nodes.append(
                 Node(
-                    next_id,
+                    last + 1,
                     f"COMM_SEND_NODE_act_s{stage}_to_s{stage + 1}",
                     NodeType.COMM_SEND_NODE,
-                    deps,
+                    [last] if last >= 0 else [],
                     comm_src=rank,
                     comm_dst=plan.rank(stage + 1, tp_rank, dp_rank),
                     comm_tag=boundary_tags[stage],
@@ -291,3 +277,32 @@ def _emit(stages: list[list[Step]], plan: ParallelPlan, iteration_id: int, bound
             )
         graphs.append(Graph(rank=rank, nodes=nodes))
     return Workload(graphs=graphs, comm_groups=plan.comm_groups())
+
+
+def _stage_nodes(steps: list[Step], first_id: int, pg_name: str | None) -> list[Node]:
+    """A stage's chain of compute nodes, each followed by its TP collective, ids from first_id (after the recv)."""
+    nodes: list[Node] = []
+    append = nodes.append
+    next_id = first_id
+    deps: list[int] = [first_id - 1] if first_id else []
+    for step in steps:
+        # Positional (id, name, type, data_deps, ctrl_deps, duration_micros, start_time_micros, is_cpu_op,
+        # num_ops, tensor_size): a third faster than keywords, and compute nodes are most of the graph.
+        append(Node(next_id, step.name, _COMP, deps, [], step.duration_us, 0, False, step.flops, step.bytes))
+        deps = [next_id]
+        next_id += 1
+        if step.comm != "none":
+            append(
+                Node(
+                    next_id,
+                    step.comm_name,
+                    _COLL,
+                    deps,
+                    comm_type=_COLLECTIVE_OF[step.comm],
+                    comm_size=step.comm_bytes,
+                    pg_name=pg_name,
+                )
+            )
+            deps = [next_id]
+            next_id += 1
+    return nodes
