@@ -21,7 +21,7 @@ Arrivals during an iteration join the next batch the scheduler builds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,6 +271,7 @@ class ServingLoop:
         )
         self.trace_writer = trace_writer
         self.next_iteration_id = 0
+        self.next_transfer_id = 0
         self.finished = 0
         self.now = 0
         self._done: list[tuple[InstanceRun, int, int]] = []  # (instance, batch id, tick) completed this step
@@ -338,7 +339,7 @@ class ServingLoop:
             tick,
             kv_blocks,
             inst.npu_mem_bytes(kv_blocks),
-            _RequestView(self, inst, finished),
+            _RequestView(self, inst),
         )
         self.records.append(record)
         if self.log is not None:
@@ -393,8 +394,8 @@ class ServingLoop:
             stage = inst.plan.coords(index).stage
             size = inst.kv_per_token[stage] * request.input_tokens
             messages.append((src, decode_npus[index % len(decode_npus)], size))
-        transfer_id = len(self.transfers) + len(self._pending_transfer_ids)
-        self._pending_transfer_ids.add(transfer_id)
+        transfer_id = self.next_transfer_id  # unique, so its messages' tags are too
+        self.next_transfer_id += 1
         graphs = _transfer_graphs(self.cluster.total_npus, messages, transfer_id)
         assert self.link is not None
         handle = self.link.add_workload(graphs, tick, label=f"KV transfer of {request.describe()}")
@@ -410,7 +411,6 @@ class ServingLoop:
 
     def _transfer_arrived(self, request: Request, src: int, dst: int, start: int, info: tuple) -> None:
         end, messages, transfer_id = info
-        self._pending_transfer_ids.discard(transfer_id)
         self.transfers.append(KvTransfer(request.request_id, src, dst, start, end, messages))
         if self.trace_writer is not None:
             self.trace_writer.add_transfer(self.transfers[-1])
@@ -421,7 +421,6 @@ class ServingLoop:
     # -- the clock -----------------------------------------------------------------------------------------
 
     def run(self) -> ServingResult:
-        self._pending_transfer_ids: set[int] = set()
         requests = self.requests
         count = len(requests)
         position = 0
@@ -511,7 +510,7 @@ class ServingLoop:
 class _RequestView(Mapping[int, Request]):
     """request id -> the Request the instance's scheduler saw (the proxy on a prefill instance)."""
 
-    def __init__(self, loop: ServingLoop, inst: InstanceRun, finished: Sequence[Request]) -> None:
+    def __init__(self, loop: ServingLoop, inst: InstanceRun) -> None:
         self.loop, self.inst = loop, inst
 
     def __getitem__(self, request_id: int) -> Request:
