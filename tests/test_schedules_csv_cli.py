@@ -86,6 +86,31 @@ def test_cli_prints_grid_and_bubble(capsys) -> None:
     assert "peak in-flight microbatches per stage: 4 3 2 1" in out
 
 
+def test_cli_zb_h2_reports_the_bubble_its_parallelogram_removes(capsys) -> None:
+    # Same synchronous-step bubble as zb-h1 (the p-1 ramp), but nothing between each rank's first and last action:
+    # the paper's (p-1)(F+B-2W) = 0 at F = I = W.
+    argv = ["schedule", "--schedule", "zb-h2", "--pp", "4", "--microbatches", "8", "--times", "1,1,1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "step time 27 steps; bubble 11.11% (1 - busy / (ranks x step)); idle per rank 3, 3, 3, 3" in out
+    assert (
+        "idle between each rank's first and last action: 0, 0, 0, 0; steps overlapped (no end-of-step sync): "
+        "step 24, bubble 0.00%" in out
+    )
+    assert "zero-bubble paper's bubble (p-1)(F+B-2W) = 0" in out
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overlapped_step_time"] == 24 and data["overlapped_bubble_fraction"] == 0
+    assert data["paper_bubble_time"] == {"formula": "(p-1)(F+B-2W)", "value": 0}
+    assert [r["span_bubble_time"] for r in data["per_rank"]] == [0, 0, 0, 0]
+    assert [r["bubble_time"] for r in data["per_rank"]] == [3, 3, 3, 3]
+    assert main(["schedule", "--schedule", "zb-h1", "--pp", "4", "--microbatches", "8", "--times", "1,1,1"]) == 0
+    out = capsys.readouterr().out
+    assert "idle between each rank's first and last action: 3, 2, 1, 0" in out
+    assert "zero-bubble paper's bubble (p-1)(F+B-W) = 3" in out
+    assert "rank 0's idle between first and last action: 3" in out
+
+
 def test_cli_p2p_steps_lengthen_the_step(capsys) -> None:
     assert main(["schedule", "--schedule", "gpipe", "--pp", "2", "--microbatches", "3", "--p2p", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["step_time"] == 2 * (3 + 2 - 1) + 2 * 1
@@ -139,6 +164,7 @@ def test_cli_csv_out_and_back(tmp_path: Path, capsys) -> None:
         (["--schedule", "gpipe", "--pp", "2"], "--pp and --microbatches"),
         (["--pp", "2", "--microbatches", "2"], "--schedule: missing"),
         (["--schedule", "gpipe", "--pp", "2", "--microbatches", "2", "--times", "1,x"], "--times: '1,x'"),
+        (["--schedule", "zb-h1", "--pp", "2", "--microbatches", "2", "--times", "1,4"], "give F,I,W"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(argv: list[str], message: str, capsys) -> None:

@@ -14,6 +14,7 @@ from llm_converter.errors import PipesimError
 from llm_converter.schedules import (
     SCHEDULES,
     ActionTimes,
+    Computation,
     PipelineSchedule,
     build_schedule,
     load_schedule,
@@ -93,10 +94,19 @@ def schedule(
         check_output_path(csv_out, "--csv")
     action_times = parse_times(times) if times is not None else None
     plan = make_schedule(name, pp, microbatches, chunks, from_csv)
+    if action_times is not None and len(times.split(",")) == 2 and _splits_backward(plan):
+        raise PipesimError(
+            f"--times: '{times}' gives F,B but schedule '{plan.name}' splits the backward into I and W; give F,I,W "
+            "(B = I + W), e.g. 1,1,1"
+        )
     run = validate_schedule(plan, action_times, p2p=p2p)
     if csv_out is not None:
         write_actions_csv(csv_out, plan)
     if as_json:
-        typer.echo(json.dumps(summarize(run), indent=2))
+        typer.echo(json.dumps(summarize(run, action_times), indent=2))
     else:
-        typer.echo(format_report(run), nl=False)
+        typer.echo(format_report(run, action_times), nl=False)
+
+
+def _splits_backward(plan: PipelineSchedule) -> bool:
+    return any(a.computation is Computation.I for rank in plan.actions for a in rank)

@@ -74,6 +74,29 @@ class DryRun:
         total = self.step_time * self.schedule.pp
         return 1.0 - sum(self.busy(r) for r in range(self.schedule.pp)) / total if total else 0.0
 
+    def span(self, rank: int) -> float:
+        """From the rank's first action's start to its last action's end."""
+        timeline = self.timeline[rank]
+        return timeline[-1].end - timeline[0].start if timeline else 0.0
+
+    def span_bubble_time(self, rank: int) -> float:
+        """Idle time between the rank's first and last action: what is left of its bubble when consecutive
+        steps overlap (no end-of-step synchronisation; the zero-bubble paper's optimizer post-validation).
+        The paper's (p-1)(F+B+W), (p-1)(F+B-W), (p-1)(F+B-2W) for 1F1B, ZB-H1, ZB-H2 are rank 0's value."""
+        return self.span(rank) - self.busy(rank)
+
+    @property
+    def overlapped_step_time(self) -> float:
+        """The step period when consecutive steps overlap: the longest rank span (a rank starts its next step
+        as soon as it finishes this one; the p-1 ramp at the start and end is shared with the neighbours)."""
+        return max((self.span(r) for r in range(self.schedule.pp)), default=0.0)
+
+    @property
+    def overlapped_bubble_fraction(self) -> float:
+        """1 - busy compute / (ranks x overlapped step time)."""
+        total = self.overlapped_step_time * self.schedule.pp
+        return 1.0 - sum(self.busy(r) for r in range(self.schedule.pp)) / total if total else 0.0
+
     def step_rows(self) -> list[list[Action | None]]:
         """Per rank, the action occupying each unit step (None = idle). Integer times only; an action of
         duration d fills d consecutive steps."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from llm_converter.errors import PipesimError
 from llm_converter.schedules import build_schedule
 from llm_converter.schedules.actions import PipelineSchedule
-from llm_converter.schedules.dry_run import DryRun, peak_inflight
+from llm_converter.schedules.dry_run import UNIT_TIMES, ActionTimes, DryRun, peak_inflight
 
 
 def format_grid(run: DryRun) -> str:
@@ -43,10 +43,35 @@ def closed_form_bubble(schedule: PipelineSchedule) -> tuple[str, float] | None:
     return None
 
 
-def summarize(run: DryRun) -> dict[str, object]:
+def paper_bubble_time(schedule: PipelineSchedule, times: ActionTimes | None) -> tuple[str, float] | None:
+    """The zero-bubble paper's bubble time per step (Qi et al. 2023, Table 1) for 1f1b, zb-h1 and zb-h2 with one
+    stage per rank: (p-1)(F+B+W), (p-1)(F+B-W), (p-1)(F+B-2W), B being the input gradient (I) and W the
+    weight gradient (1F1B runs them together as its full backward, B+W). The dry run reproduces them as rank
+    0's idle time between its first and last action (`DryRun.span_bubble_time`); for 1f1b and zb-h1 that is
+    also every rank's idle time in the synchronous step, for zb-h2 only once steps overlap (the paper's
+    optimizer post-validation), which is what its "parallelogram" buys."""
+    t = times or UNIT_TIMES
+    p = schedule.pp
+    if schedule.name not in ("1f1b", "zb-h1", "zb-h2") or schedule.chunks != 1:
+        return None
+    try:
+        if build_schedule(schedule.name, p, schedule.microbatches).actions != schedule.actions:
+            return None
+    except PipesimError:
+        return None
+    if schedule.name == "1f1b":
+        return "(p-1)(F+B+W)", (p - 1) * (t.forward + t.full_backward)
+    f, b, w = t.forward, t.backward_input, t.backward_weight
+    if schedule.name == "zb-h1":
+        return "(p-1)(F+B-W)", (p - 1) * (f + b - w)
+    return "(p-1)(F+B-2W)", (p - 1) * (f + b - 2 * w)
+
+
+def summarize(run: DryRun, times: ActionTimes | None = None) -> dict[str, object]:
     """The dry run as JSON-ready data: the schedule, its timed grid and its bubble."""
     schedule = run.schedule
     closed = closed_form_bubble(schedule)
+    paper = paper_bubble_time(schedule, times)
     return {
         "schedule": schedule.name,
         "pp": schedule.pp,
@@ -58,14 +83,27 @@ def summarize(run: DryRun) -> dict[str, object]:
         "step_time": run.step_time,
         "bubble_fraction": run.bubble_fraction,
         "closed_form_bubble": None if closed is None else {"formula": closed[0], "value": closed[1]},
-        "per_rank": [{"rank": r, "busy": run.busy(r), "bubble_time": run.bubble_time(r)} for r in range(schedule.pp)],
+        "overlapped_step_time": run.overlapped_step_time,
+        "overlapped_bubble_fraction": run.overlapped_bubble_fraction,
+        "paper_bubble_time": None if paper is None else {"formula": paper[0], "value": paper[1]},
+        "per_rank": [
+            {
+                "rank": r,
+                "busy": run.busy(r),
+                "bubble_time": run.bubble_time(r),
+                "span": run.span(r),
+                "span_bubble_time": run.span_bubble_time(r),
+            }
+            for r in range(schedule.pp)
+        ],
         "peak_inflight_microbatches": list(peak_inflight(schedule)),
         "timeline": [[[t.start, t.end, str(t.action)] for t in rank] for rank in run.timeline],
     }
 
 
-def format_report(run: DryRun) -> str:
-    """The grid, then the bubble and the activations in flight, for `pipesim schedule`."""
+def format_report(run: DryRun, times: ActionTimes | None = None) -> str:
+    """The grid, then the bubble (in the synchronous step, and between each rank's first and last action) and the
+    activations in flight, for `pipesim schedule`."""
     schedule = run.schedule
     per_rank = "1 stage" if schedule.chunks == 1 else f"{schedule.chunks} stages"
     lines = [
@@ -81,5 +119,17 @@ def format_report(run: DryRun) -> str:
     closed = closed_form_bubble(schedule)
     if closed is not None:
         lines.append(f"closed form for uniform times and free transfers {closed[0]} = {closed[1]:.2%}")
+    lines.append(
+        "idle between each rank's first and last action: "
+        + ", ".join(f"{run.span_bubble_time(r):g}" for r in range(schedule.pp))
+        + f"; steps overlapped (no end-of-step sync): step {run.overlapped_step_time:g}, "
+        f"bubble {run.overlapped_bubble_fraction:.2%}"
+    )
+    paper = paper_bubble_time(schedule, times)
+    if paper is not None:
+        lines.append(
+            f"zero-bubble paper's bubble {paper[0]} = {paper[1]:g} (B: input grad, W: weight grad); "
+            f"rank 0's idle between first and last action: {run.span_bubble_time(0):g}"
+        )
     lines.append("peak in-flight microbatches per stage: " + " ".join(str(n) for n in peak_inflight(schedule)))
     return "\n".join(lines) + "\n"

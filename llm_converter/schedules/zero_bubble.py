@@ -9,7 +9,10 @@ zb-h1: the paper's ZB-H1, as torch's ScheduleInterleavedZeroBubble (ZB1P) builds
 zb-h2: the paper's ZB-H2: more warm-up forwards (2(p-1-r)+1, capped at m) fill the bubble before the first
     backward; then I, F pairs; when forwards run out, I, W pairs; then the remaining W. This is the layout the
     zero-bubble repository's manual scheduler documents (scheduler/zb.py, `manual_order`: "fffffffbfbfb...
-    wbwbwb...wwww" for stage 0 of 4). Up to 2p-1 activations in flight.
+    wbwbwb...wwww" for stage 0 of 4), which has no memory limit by default (max_mem = 3m forwards' worth).
+    The paper defines ZB-H2 under a 2p M_B activation budget (Table 1), so once a rank holds 2p microbatches
+    (forward run, W not yet) the steady state becomes I, W, F: with m <= 2p nothing changes; with more
+    microbatches memory stays at 2p instead of growing to m, and the bubble keeps the paper's (p-1)(F+B-2W).
 zb-v: the paper's ZB-V (Section 6) as torch's ScheduleZBVZeroBubble builds it: two chunks per rank in a V
     (rank r holds stages r and 2p-1-r).
 """
@@ -18,6 +21,9 @@ from __future__ import annotations
 
 from llm_converter.schedules.actions import Action, F, I, PipelineSchedule, W, loop_stage_to_rank, v_stage_to_rank
 from llm_converter.schedules.interleaved import interleaved_rank_order
+
+# ZB-H2's activation budget: 2p microbatches per rank (the paper's 2p M_B).
+ZB_H2_INFLIGHT_PER_RANK = 2
 
 
 def zb_h1(pp: int, microbatches: int, chunks: int = 1) -> PipelineSchedule:
@@ -31,11 +37,17 @@ def zb_h2(pp: int, microbatches: int) -> PipelineSchedule:
     for rank in range(pp):
         warmup = min(2 * (pp - 1 - rank) + 1, m)
         order = [F(rank, k) for k in range(warmup)]
-        for k in range(m - warmup):  # steady: I of the oldest, F of the next
-            order += [I(rank, k), F(rank, warmup + k)]
-        for k in range(warmup):  # forwards done: each I followed by a W
-            order += [I(rank, m - warmup + k), W(rank, k)]
-        order += [W(rank, k) for k in range(warmup, m)]
+        weights = 0  # W run so far
+        for k in range(m - warmup):  # steady: I of the oldest, (W of the oldest at the budget), F of the next
+            order.append(I(rank, k))
+            if warmup + k - weights >= ZB_H2_INFLIGHT_PER_RANK * pp:
+                order.append(W(rank, weights))
+                weights += 1
+            order.append(F(rank, warmup + k))
+        for k in range(m - warmup, m):  # forwards done: each I followed by a W
+            order += [I(rank, k), W(rank, weights)]
+            weights += 1
+        order += [W(rank, k) for k in range(weights, m)]
         ranks.append(tuple(order))
     return PipelineSchedule("zb-h2", pp, pp, microbatches, loop_stage_to_rank(pp, 1), tuple(ranks))
 
