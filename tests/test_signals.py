@@ -129,3 +129,28 @@ def test_handlers_are_restored_after_main(tmp_path: Path, capsys) -> None:
     main(["replay", "--help"])
     capsys.readouterr()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_while_the_verb_module_imports(monkeypatch, capsys, sig: signal.Signals, code: int) -> None:
+    """Importing the verb's module is most of a short `pipesim trace` (0.3 of 0.45 s): a Ctrl-C there printed a
+    KeyboardInterrupt traceback and a SIGTERM ended pipesim with no line, as the handlers came after it."""
+    import importlib
+    import types
+
+    import astra_driver.cli as cli
+
+    def import_then_signal(name: str):
+        module = importlib.import_module(name)
+        os.kill(os.getpid(), sig)  # delivered before the next bytecode: inside _register_verbs
+        return module
+
+    monkeypatch.setattr(cli, "importlib", types.SimpleNamespace(import_module=import_then_signal))
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    assert main(["trace", "--help"]) == code
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"pipesim: interrupted by {sig.name}; stopped (unfinished output files are not written)"
+    ]
+    assert captured.out == ""
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -117,9 +117,11 @@ def _restore_handlers(previous: dict[int, object] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register_verbs(argv)
+    # Handlers first: importing a verb module is most of a short run's time (pydantic, the catalog), and a
+    # signal there printed a KeyboardInterrupt traceback (SIGINT) or ended pipesim with no line (SIGTERM).
     previous = _install_stop_handlers()
     try:
+        _register_verbs(argv)
         return _main(argv)
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
