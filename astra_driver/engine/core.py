@@ -51,6 +51,7 @@ E_WAKE = 3  # run_until bookkeeping: nothing to do
 
 _SIMULATED = frozenset(int(kind) for kind in SIMULATED_COLLECTIVES)  # ints: the hot loop compares ints
 _COMP = int(NodeType.COMP_NODE)
+_COLL = int(NodeType.COMM_COLL_NODE)
 # Renumber a rank once this many finished nodes sit at the front of its lists (and they are at least half).
 COMPACT_MIN_NODES = 4096
 
@@ -316,14 +317,28 @@ class Engine(CollectiveRuntime):
         new_durations: list[int] = []
         new_pending: list[int] = []
         # GPU compute nodes replayed from their duration, the bulk of every graph, skip _classify.
-        plain_compute = not self._roofline and not self._replay_only
+        plain_compute = not self._roofline and not self._replay_only and type(self)._classify is Engine._classify
+        # The collective shortcut below only stands for Engine's own _classify (a subclass may time them itself).
+        plain_collectives = not self._replay_only and type(self)._classify is Engine._classify
         missing = state.missing
         for offset, node in enumerate(nodes):
             index = first_index + offset
-            if plain_compute and node_types[offset] == _COMP and not node.is_cpu_op:
+            node_type = node_types[offset]
+            if plain_compute and node_type == _COMP and not node.is_cpu_op:
                 new_kinds.append(K_TIMED)
                 new_slots.append(S_GPU)
                 new_durations.append(node.duration_micros * 1000 or 1)
+            elif (
+                plain_collectives
+                and node_type == _COLL
+                and node.comm_type in _SIMULATED
+                and not node.is_cpu_op
+                and node.comm_size is not None
+                and node.comm_size > 0
+            ):
+                new_kinds.append(K_COLL)  # what _classify says of a simulated collective, without its checks
+                new_slots.append(S_COMM)
+                new_durations.append(0)
             else:
                 kind, slot, duration = self._classify(rank, node)
                 new_kinds.append(kind)
