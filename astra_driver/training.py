@@ -163,9 +163,10 @@ class TrainingResult:
     tokens_per_s: float
     model_flops: float
     hardware_flops: float
-    tflops_per_gpu: float
-    hardware_tflops_per_gpu: float
-    mfu: float
+    # None with --stage-time-us: fixed compute times have no FLOPs behind them (an MFU over 100% otherwise).
+    tflops_per_gpu: float | None
+    hardware_tflops_per_gpu: float | None
+    mfu: float | None
     per_stage: list[StageReport]
     nodes: int
     simulated_npus: int
@@ -213,8 +214,12 @@ class TrainingResult:
             f"step time      {self.step_time_ns / 1e6:.3f} ms",
             f"bubble         {self.bubble_fraction * 100:.2f}% (1 - busy compute / (NPUs x step))",
             f"throughput     {self.tokens_per_s:,.0f} tokens/s",
-            f"TFLOPs/GPU     {self.tflops_per_gpu:.1f} model (Megatron count), {self.hardware_tflops_per_gpu:.1f} "
-            f"with recompute; MFU {self.mfu * 100:.1f}% of {self.peak_tflops:g} TFLOPS",
+            (
+                f"TFLOPs/GPU     {self.tflops_per_gpu:.1f} model (Megatron count), {self.hardware_tflops_per_gpu:.1f} "
+                f"with recompute; MFU {self.mfu * 100:.1f}% of {self.peak_tflops:g} TFLOPS"
+                if self.tflops_per_gpu is not None and self.hardware_tflops_per_gpu is not None and self.mfu is not None
+                else "TFLOPs/GPU     n/a: --stage-time-us fixes the compute times, so no FLOPs rate or MFU"
+            ),
             f"simulated      {self.nodes:,} nodes on {self.simulated_npus} NPUs ({self.backend})",
             "stage  blocks      params      weights    grads      optimizer  activations (peak mb)  bubble",
         ]
@@ -650,7 +655,8 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     flops = megatron_model_flops(model, sequences, config.seq_len)
     hw_flops = megatron_model_flops(model, sequences, config.seq_len, config.recompute)
     seconds = step / 1e9
-    tflops = flops / seconds / plan.npus / 1e12
+    fixed_times = config.stage_time_us is not None
+    tflops = None if fixed_times else flops / seconds / plan.npus / 1e12
     return TrainingResult(
         config=config,
         schedule=schedule,
@@ -661,8 +667,8 @@ def run_training(config: TrainingConfig) -> TrainingResult:
         model_flops=flops,
         hardware_flops=hw_flops,
         tflops_per_gpu=tflops,
-        hardware_tflops_per_gpu=hw_flops / seconds / plan.npus / 1e12,
-        mfu=tflops / hardware.peak_tflops,
+        hardware_tflops_per_gpu=None if fixed_times else hw_flops / seconds / plan.npus / 1e12,
+        mfu=None if tflops is None else tflops / hardware.peak_tflops,
         per_stage=per_stage,
         nodes=simulated.nodes,
         simulated_npus=simulated.npus,

@@ -75,6 +75,53 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], fla
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pp", "2", "--microbatches", "4", "--schedule", "nope"], "unknown schedule 'nope'"),
+        (["--pp", "2", "--microbatches", "0"], "--microbatches: 0"),
+        (["--pp", "13", "--microbatches", "16"], "13 pipeline stages but the model has 12 decoder layers"),
+        (["--pp", "2", "--schedule", "interleaved-1f1b", "--chunks", "4", "--microbatches", "4"], "--chunks 4"),
+        (["--pp", "4", "--schedule", "zb-h1", "--microbatches", "2"], "needs at least 4 microbatches"),
+        (["--pp", "2", "--schedule", "dualpipev", "--microbatches", "2"], "needs at least 4 microbatches"),
+        (["--pp", "2", "--schedule-csv", "{dead}"], "rank 1 stuck at 1B0"),
+    ],
+)
+def test_bad_input_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    # Issue 8 item 7: exit 2, one line, no traceback, and none of the asked-for outputs half-written.
+    dead = tmp_path / "in" / "dead.csv"
+    dead.parent.mkdir()
+    dead.write_text("0F0,0B0\n1B0,1F0\n")
+    out = tmp_path / "out"
+    outputs = [
+        "--out-dir",
+        str(out / "traces"),
+        "--timeline",
+        str(out / "t.json"),
+        "--timeline-png",
+        str(out / "t.png"),
+    ]
+    argv = ["train", *GPT2, *[f.replace("{dead}", str(dead)) for f in flags], *outputs, "--json"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
+    assert "Traceback" not in captured.err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_fixed_stage_times_report_no_flops_rate_or_mfu(capsys: pytest.CaptureFixture[str]) -> None:
+    # Fixed F/B times have no FLOPs behind them: GPT-2 at 100/200 us per stage would read as 130% MFU.
+    args = ["train", *GPT2, "--pp", "4", "--schedule", "gpipe", "--microbatches", "4", "--stage-time-us", "100,200"]
+    assert main([*args, "--p2p-time-us", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tflops_per_gpu"] is None and out["hardware_tflops_per_gpu"] is None and out["mfu"] is None
+    assert out["step_time_ns"] == 2_100_000 and out["model_flops"] > 0
+    assert main([*args, "--p2p-time-us", "0"]) == 0
+    assert "TFLOPs/GPU     n/a: --stage-time-us fixes the compute times" in capsys.readouterr().out
+
+
 def test_astra_sim_backend_replays_the_written_traces(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
