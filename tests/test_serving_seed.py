@@ -174,3 +174,41 @@ def test_fidelity_prompt_longer_than_the_token_budget(bundle_iteration_ns) -> No
     assert ttft_ns(r) == pytest.approx(expected_ttft, rel=1e-3)
     decodes = [bundle_iteration_ns(Iteration(decode=(inp + k,))) for k in range(out - 1)]
     assert r.finish_ns - r.arrival_ns == pytest.approx(expected_ttft + sum(decodes), rel=1e-3)
+
+
+def test_fidelity_tp2_loop_composes_single_iteration_traces(tmp_path) -> None:
+    """Under TP (simulated all-reduces and the logits all-gather), a request alone gets each token exactly when
+    `pipesim trace`'s per-layer graph of that iteration, replayed from scratch, says its iteration takes."""
+    from itertools import accumulate
+
+    from astra_driver.astra_files import astra_config_for_instance
+    from astra_driver.engine import simulate
+    from astra_driver.trace_job import TraceRequest, build_trace
+
+    bundle = PROFILES / "RTXPRO6000" / "Qwen" / "Qwen3-32B"
+    if not (bundle / "bf16" / "meta.yaml").is_file():
+        pytest.skip(f"{bundle} not found (set PIPESIM_SHARED)")
+    data = copy.deepcopy(json.loads(SEED_CLUSTER.read_text()))
+    data["nodes"][0]["instances"][0].update(model_name="Qwen/Qwen3-32B", num_npus=2, tp_size=2, pp_size=1)
+    path = tmp_path / "tp2.json"
+    path.write_text(json.dumps(data))
+
+    def trace_ns(iteration: Iteration) -> int:
+        request = TraceRequest(
+            name="it", iteration=iteration, dtype="bfloat16", profile_dir=bundle, cluster_config=path
+        )
+        cluster_config, placed, _, plan, workload = build_trace(request)
+        return max(simulate(workload, astra_config_for_instance(cluster_config, placed, plan.comm_groups())).finish_ns)
+
+    inp, out = 512, 4
+    result = run_serving(
+        ServingRunConfig(
+            cluster=cluster_config_from_dict(data, source=path, dtype="bfloat16"),
+            requests=[Request(0, 0, inp, out)],
+            profile_dir=bundle,
+            enable_prefix_caching=False,
+        )
+    )
+    steps = [trace_ns(Iteration(prefill=(PrefillChunk(inp),)))]
+    steps += [trace_ns(Iteration(decode=(inp + k,))) for k in range(out - 1)]
+    assert result.requests[0].token_times_ns == list(accumulate(steps))
