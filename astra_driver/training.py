@@ -73,6 +73,9 @@ WORKLOAD_PREFIX = "train"
 FIXED_P2P_BANDWIDTH_GBPS = 1e9
 
 
+DEFAULT_SCHEDULE = "1f1b"  # --schedule when not given
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     model: str
@@ -80,7 +83,7 @@ class TrainingConfig:
     tp: int = 1
     pp: int = 1
     dp: int = 1
-    schedule: str = "1f1b"
+    schedule: str = DEFAULT_SCHEDULE
     microbatches: int = 1
     micro_batch_size: int = 1
     seq_len: int = 1024
@@ -349,10 +352,33 @@ def build_training(config: TrainingConfig) -> TrainingBuild:
             raise PipesimError(
                 f"{config.schedule_csv}: {schedule.pp} ranks (rows) but --pp {config.pp}; make them agree"
             )
+        # The CSV fixes the microbatches and chunks: a flag saying otherwise would be silently ignored.
+        if config.microbatches not in (1, schedule.microbatches):
+            raise PipesimError(
+                f"{config.schedule_csv}: {schedule.microbatches} microbatches but --microbatches "
+                f"{config.microbatches}; drop --microbatches (the CSV gives them) or make them agree"
+            )
+        if config.chunks is not None and config.chunks != schedule.chunks:
+            raise PipesimError(
+                f"{config.schedule_csv}: {schedule.chunks} stages per rank but --chunks {config.chunks}; drop "
+                "--chunks (the CSV gives them) or make them agree"
+            )
+        if config.schedule != DEFAULT_SCHEDULE:
+            raise PipesimError(
+                f"--schedule {config.schedule} and --schedule-csv {config.schedule_csv}: give one of them"
+            )
     else:
         schedule = build_schedule(config.schedule, config.pp, config.microbatches, config.chunks)
     chunks = schedule.num_stages // schedule.pp
-    stage_blocks = split_training_stages(model.num_layers, config.pp, chunks)
+    try:
+        stage_blocks = split_training_stages(model.num_layers, config.pp, chunks)
+    except PipesimError as error:
+        if config.schedule_csv is None:
+            raise
+        # The user gave no --chunks: say the stage count comes from the CSV.
+        raise PipesimError(
+            f"{config.schedule_csv}: its {schedule.num_stages} stages ({chunks} per rank) do not fit the model: {error}"
+        ) from None
     plan = TrainingPlan(config.tp, config.pp, config.dp, stage_blocks, tuple(schedule.stage_to_rank))
     sp = config.sequence_parallel and config.tp > 1
     pre, block, post = training_layers(

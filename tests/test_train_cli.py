@@ -12,6 +12,7 @@ from astra_driver.astra_config import load_comm_groups
 from astra_driver.cli import main
 from llm_converter.chakra.reader import read_workload
 from llm_converter.chakra.validator import validate_workload
+from llm_converter.schedules import build_schedule, write_actions_csv
 from tests.fixtures.fake_astra import SMALL_EXPOSED_NS, SMALL_FINISH_NS, good_binary
 
 GPT2 = ["--model", "gpt2", "--hardware", "A100-80G"]
@@ -85,6 +86,11 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], fla
         (["--pp", "4", "--schedule", "zb-h1", "--microbatches", "2"], "needs at least 4 microbatches"),
         (["--pp", "2", "--schedule", "dualpipev", "--microbatches", "2"], "needs at least 4 microbatches"),
         (["--pp", "2", "--schedule-csv", "{dead}"], "rank 1 stuck at 1B0"),
+        # A custom CSV fixes microbatches, chunks and the schedule: flags that disagree are refused, not ignored.
+        (["--pp", "2", "--schedule-csv", "{ok}", "--microbatches", "8"], "1 microbatches but --microbatches 8"),
+        (["--pp", "2", "--schedule-csv", "{ok}", "--chunks", "2"], "1 stages per rank but --chunks 2"),
+        (["--pp", "2", "--schedule-csv", "{ok}", "--schedule", "zb-h1"], "--schedule zb-h1 and --schedule-csv"),
+        (["--pp", "2", "--schedule-csv", "{five}"], "five.csv: its 10 stages (5 per rank) do not fit the model"),
     ],
 )
 def test_bad_input_writes_nothing(
@@ -94,6 +100,8 @@ def test_bad_input_writes_nothing(
     dead = tmp_path / "in" / "dead.csv"
     dead.parent.mkdir()
     dead.write_text("0F0,0B0\n1B0,1F0\n")
+    (tmp_path / "in" / "ok.csv").write_text("0F0,0B0\n1F0,1B0\n")
+    write_actions_csv(tmp_path / "in" / "five.csv", build_schedule("looped-bfs", 2, 1, chunks=5))
     out = tmp_path / "out"
     outputs = [
         "--out-dir",
@@ -103,7 +111,8 @@ def test_bad_input_writes_nothing(
         "--timeline-png",
         str(out / "t.png"),
     ]
-    argv = ["train", *GPT2, *[f.replace("{dead}", str(dead)) for f in flags], *outputs, "--json"]
+    flags = [f.replace("{dead}", str(dead)).replace("{ok}", str(dead.parent / "ok.csv")) for f in flags]
+    argv = ["train", *GPT2, *[f.replace("{five}", str(dead.parent / "five.csv")) for f in flags], *outputs, "--json"]
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err

@@ -27,7 +27,7 @@ from astra_driver.report.outputs import (
     write_timelines,
 )
 from astra_driver.report.timeline import DEFAULT_MAX_EVENTS, node_facts
-from astra_driver.training import TrainingConfig, run_training
+from astra_driver.training import DEFAULT_SCHEDULE, TrainingConfig, run_training
 from llm_converter.errors import PipesimError
 
 
@@ -49,7 +49,9 @@ def train(
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel size.")] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Pipeline-parallel ranks.")] = 1,
     dp: Annotated[int, typer.Option("--dp", help="Data-parallel replicas.")] = 1,
-    schedule: Annotated[str, typer.Option("--schedule", help="gpipe, 1f1b, interleaved-1f1b, zb-h1, ...")] = "1f1b",
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="gpipe, 1f1b, interleaved-1f1b, zb-h1, ...")
+    ] = DEFAULT_SCHEDULE,
     schedule_csv: Annotated[
         Path | None, typer.Option("--schedule-csv", help="Custom schedule: torch's per-rank action CSV.")
     ] = None,
