@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from llm_converter.errors import PipesimError
+from llm_converter.errors import PipesimError, name_first
 
 
 def check_output_path(path: Path | str, flag: str, folder: bool = False) -> Path:
@@ -29,3 +30,17 @@ def check_output_path(path: Path | str, flag: str, folder: bool = False) -> Path
     if target.is_dir() and not os.access(target, os.W_OK | os.X_OK):
         raise PipesimError(f"{target}: not writable (given as {flag}); choose a folder you can write to")
     return path
+
+
+def check_replaceable_folder(path: Path | str, flag: str, is_output: Callable[[str], bool]) -> None:
+    """A folder the command replaces whole holds nothing but a previous run's outputs (names `is_output` accepts):
+    anything else there would be deleted with it, so it is refused, naming the first few entries."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    foreign = sorted(entry.name for entry in path.iterdir() if not is_output(entry.name))
+    if foreign:
+        raise PipesimError(
+            f"{path}: holds files this command did not write ({name_first(foreign, 3)}), and the folder is replaced "
+            f"whole (given as {flag}); choose a new or empty folder, or remove them"
+        )

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from astra_driver.astra_config import NetworkConfig
+from astra_driver.astra_config import COMM_GROUPS_FILE, MEMORY_FILE, NETWORK_FILE, SYSTEM_FILE, NetworkConfig
 from astra_driver.astra_files import astra_config_for_instance, write_astra_files, write_comm_groups
 from astra_driver.cluster_config import ClusterConfig, PlacedInstance, cluster_config_from_dict, load_cluster_config
 from astra_driver.cluster_network import (
@@ -25,7 +25,7 @@ from astra_driver.cluster_network import (
     DEFAULT_INTER_NODE_LATENCY_NS,
     hardware_node_network,
 )
-from astra_driver.paths import check_output_path
+from astra_driver.paths import check_output_path, check_replaceable_folder
 from llm_converter.chakra.reader import count_ranks
 from llm_converter.chakra.writer import et_path, write_workload
 from llm_converter.errors import PipesimError
@@ -364,9 +364,18 @@ def build_trace(request: TraceRequest) -> tuple[ClusterConfig, PlacedInstance, L
     return cluster, placed, layers, plan, build_serving_workload(layers, plan)
 
 
+def is_trace_output(name: str) -> bool:
+    """What `pipesim trace` writes in its folder (and a replay's log/ beside it): the folder may be replaced."""
+    if name in (LAYERS_FILE, NETWORK_FILE, SYSTEM_FILE, MEMORY_FILE, COMM_GROUPS_FILE, "log"):
+        return True
+    rank = name.removeprefix(f"{WORKLOAD_PREFIX}.").removesuffix(".et")
+    return name == f"{WORKLOAD_PREFIX}.{rank}.et" and rank.isascii() and rank.isdigit()
+
+
 def run_trace(request: TraceRequest) -> TraceResult:
     _check_name(request.name)
     check_output_path(Path(request.out_dir) / request.name, "--out-dir/--name", folder=True)
+    check_replaceable_folder(Path(request.out_dir) / request.name, "--out-dir/--name", is_trace_output)
     cluster, placed, layers, plan, workload = build_trace(request)
     network = flag_network(request, placed) if request.cluster_config is None else None
     astra = astra_config_for_instance(cluster, placed, plan.comm_groups(), network=network)

@@ -255,6 +255,30 @@ def test_a_failed_trace_leaves_the_previous_output_whole(tmp_path: Path, monkeyp
     assert sorted(p.name for p in (tmp_path / "keep").glob("*.et")) == ["llm.0.et", "llm.1.et"]
 
 
+def test_trace_refuses_to_replace_a_folder_holding_other_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The folder is replaced whole: `--name llama8b_pp2` over `make trace`'s kept serving traces (manifest.json,
+    instance0/) deleted them. A previous trace (and a replay's log/) may be replaced; anything else is refused."""
+    kept = tmp_path / "llama8b_pp2"
+    (kept / "instance0").mkdir(parents=True)
+    (kept / "manifest.json").write_text("{}")
+    (kept / "llm.x.et").write_text("mine")
+    argv = ["trace", "--cluster-config", str(PP_CLUSTER), "--decode", "2x64", "--out-dir", str(tmp_path)]
+    assert main([*argv, "--name", "llama8b_pp2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"pipesim: error: {kept}: holds files this command did not write (instance0, llm.x.et, manifest.json), "
+        "and the folder is replaced whole (given as --out-dir/--name); choose a new or empty folder, or remove them"
+    ]
+    assert sorted(p.name for p in kept.iterdir()) == ["instance0", "llm.x.et", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama8b_pp2"]  # no staging folder left either
+    # A previous trace, with a replay's log/ in it, is replaced.
+    assert main([*argv, "--name", "t"]) == 0
+    (tmp_path / "t" / "log").mkdir()
+    assert main([*argv, "--name", "t", "--decode", "1x8"]) == 0
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "layers.csv", "llm.0.et", "llm.1.et", "memory.json", "network.yml", "system.json"
+    ]  # fmt: skip
+
+
 def test_convert_of_the_trace_layer_table_reproduces_the_trace(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_trace(TraceRequest(name="t", iteration=BATCH, out_dir=tmp_path, cluster_config=TP2_PP2_CLUSTER))
     folder = tmp_path / "t"
