@@ -36,7 +36,7 @@ from llm_converter.io import write_folder_atomically
 from llm_converter.iteration import Iteration, PrefillChunk
 from llm_converter.latency import make_latency_model
 from llm_converter.layers import LayerList, balanced_plan, build_layer_list, plan_of_layers, read_layer_csv, timed_ops
-from llm_converter.memory import check_batch_fits, stage_params, weight_bytes_per_npu
+from llm_converter.memory import MEM_GB, check_batch_fits, stage_params, weight_bytes_per_npu
 from llm_converter.models import DTYPE_BYTES, ModelSpec, dtype_bytes, get_model
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan
@@ -146,10 +146,11 @@ def cluster_from_flags(
             # As for a cluster JSON's span_nodes: ASTRA-Sim's analytical network times a message on the first
             # dimension where two ranks' coordinates differ, so with several stages (or part of a TP group) per
             # node a send to a stage on the next node would be timed at intra-node speed.
+            ways = [f"--gpus-per-node {tp} (one stage per node)"] if tp != npus else []  # pp 1: one stage is all
+            ways.append(f"--gpus-per-node {npus} (one node)")
             raise PipesimError(
                 f"--gpus-per-node {gpus_per_node}: tp {tp} x pp {pp} = {npus} NPUs span nodes, and across nodes "
-                f"each node must hold exactly one pipeline stage (--tp NPUs); use --gpus-per-node {tp} (one stage "
-                f"per node) or --gpus-per-node {npus} (one node)"
+                f"each node must hold exactly one pipeline stage (--tp NPUs); use {' or '.join(ways)}"
             ) from None
         raise PipesimError(_flag_message(str(exc))) from None
 
@@ -236,7 +237,7 @@ class TraceResult:
             lines.append(
                 f"  stage {stage}: blocks {start}-{end - 1} ({end - start}), {nodes} nodes/NPU, "
                 f"compute {stage_ns[stage] / 1e6:.3f} ms, params {self.stage_params[stage] / 1e9:.3f} B, "
-                f"weights {self.weight_bytes_per_npu[stage] / 1e9:.2f} GB/NPU"
+                f"weights {self.weight_bytes_per_npu[stage] / MEM_GB:.2f} GB/NPU"
             )
         total_nodes = sum(self.nodes_per_npu)
         written = (

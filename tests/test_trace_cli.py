@@ -4,6 +4,7 @@ end-to-end replay time by closed form, atomic replacement, and one-line errors."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,35 @@ def test_flag_errors_name_the_flags(
     assert err.startswith(message) and err.count("\n") == 1
     assert "nodes[0]" not in err and "tp_size" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_summary_weights_and_span_advice_in_the_units_and_ways_that_apply(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The summary printed weights in 1e9-byte GB while the memory errors (and mem_size) use GiB; with pp 1 the
+    span error offered the same --gpus-per-node twice ("use --gpus-per-node 8 (one stage per node) or ... 8")."""
+    args = [
+        "trace",
+        "--model",
+        "Llama-3.1-8B",
+        "--hardware",
+        "H100-SXM",
+        "--decode",
+        "2x64",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    request = TraceRequest(name="w", iteration=Iteration(decode=(64, 64)), out_dir=tmp_path)
+    result = run_trace(replace(request, model="Llama-3.1-8B", hardware="H100-SXM", pp=2))
+    # Stage 1 (blocks 17-31 of the time-balanced split, final norm, lm_head): 15 x 218,112,000 + 4,096 +
+    # 128,256 x 4,096 = 3,797,020,672 float16 parameters.
+    assert result.weight_bytes_per_npu[1] == 2 * 3_797_020_672
+    assert "weights 7.07 GB/NPU" in result.summary().splitlines()[3]  # 7,594,041,344 / 2**30
+    assert main([*args, "--tp", "8", "--gpus-per-node", "3"]) == 2
+    assert capsys.readouterr().err.endswith("(--tp NPUs); use --gpus-per-node 8 (one node)\n")
+    assert main([*args, "--tp", "2", "--pp", "8"]) == 2
+    message = "use --gpus-per-node 2 (one stage per node) or --gpus-per-node 16 (one node)\n"
+    assert capsys.readouterr().err.endswith(message)
 
 
 @pytest.mark.parametrize(
