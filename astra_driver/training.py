@@ -329,9 +329,10 @@ def _network(config: TrainingConfig, hardware: HardwareSpec, npus: int) -> Netwo
     )
 
 
-def _system(network: NetworkConfig, hardware: HardwareSpec) -> SystemConfig:
+def _system(network: NetworkConfig, hardware: HardwareSpec, trace_enabled: bool = False) -> SystemConfig:
     ring = ["ring"] * network.dims
     return SystemConfig(
+        trace_enabled=trace_enabled,  # ASTRA-Sim logs each node's issue/callback only when set (--timeline)
         all_reduce_implementation=list(ring),
         all_gather_implementation=list(ring),
         reduce_scatter_implementation=list(ring),
@@ -447,7 +448,11 @@ def build_training(config: TrainingConfig) -> TrainingBuild:
         gather_boundary=config.tp > 1 and not sp,
     )
     network = _network(config, hardware, plan.npus)
-    astra = AstraConfig(network=network, system=_system(network, hardware), comm_groups=plan.comm_groups())
+    astra = AstraConfig(
+        network=network,
+        system=_system(network, hardware, trace_enabled=config.record_node_times and config.backend != "builtin"),
+        comm_groups=plan.comm_groups(),
+    )
     return TrainingBuild(
         config, model, hardware, schedule, plan, spec, astra, tuple(stage_params), tuple(npu_params), tuple(activations)
     )

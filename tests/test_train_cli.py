@@ -145,6 +145,24 @@ def test_astra_sim_backend_replays_the_written_traces(
     assert (tmp_path / "run" / "train.1.et").is_file() and (tmp_path / "run" / "network.yml").is_file()
 
 
+def test_astra_sim_backend_timeline_turns_on_astra_sims_node_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pipesim writes system.json itself, so it must set trace-enabled when a timeline is asked for (it was a
+    # one-line error telling the user to edit the file pipesim had just written).
+    monkeypatch.setenv("ASTRA_SIM_BIN", str(good_binary(tmp_path / "bin" / "astra")))
+    args = ["train", *GPT2, "--pp", "2", "--microbatches", "2", "--seq-len", "128", "--backend", "astra-sim"]
+    timeline = tmp_path / "step.json"
+    assert main([*args, "--out-dir", str(tmp_path / "run"), "--timeline", str(timeline)]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "run" / "system.json").read_text())["trace-enabled"] == 1
+    events = [e for e in json.loads(timeline.read_text())["traceEvents"] if e.get("ph") == "X"]
+    assert {e["pid"] for e in events} >= {1, 2} and events
+    assert main([*args, "--out-dir", str(tmp_path / "plain")]) == 0  # no timeline: ASTRA-Sim's log stays small
+    capsys.readouterr()
+    assert json.loads((tmp_path / "plain" / "system.json").read_text())["trace-enabled"] == 0
+
+
 def test_timeline_has_every_simulated_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "step.json"
     args = ["train", *GPT2, "--pp", "2", "--schedule", "zb-h1", "--microbatches", "2", "--seq-len", "128"]
