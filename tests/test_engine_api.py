@@ -164,3 +164,20 @@ def test_collectives_keep_matching_across_compactions(monkeypatch: pytest.Monkey
     engine = Engine(_config(2))
     assert _collective_rounds(engine) == reference
     assert all(len(state.ids) <= 4 for state in engine.ranks)
+
+
+def test_request_stop_ends_run_until_at_the_tick_of_the_callback() -> None:
+    engine = Engine(_config(2))
+    ticks = []
+    for duration in (5, 7):
+        builder = GraphBuilder(0)
+        builder.comp("COMP_NODE_a", duration)
+        handle = engine.add_graph(0, builder.graph, 0)
+        handle.on_done = lambda h, tick: (ticks.append(tick), engine.request_stop())
+    assert engine.run_until(10**9) is True and engine.now == 5_000 and ticks == [5_000]
+    assert engine.run_until(10**9) is True and engine.now == 12_000 and ticks == [5_000, 12_000]
+    assert engine.run_until(10**9) is False and engine.now == 10**9  # nothing left: the clock moves to the bound
+    builder = GraphBuilder(1)
+    builder.comp("COMP_NODE_b", 1)
+    engine.add_graph(1, builder.graph)
+    assert engine.run_until(2 * 10**9, advance_clock=False) is False and engine.now == 10**9 + 1000
