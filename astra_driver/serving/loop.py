@@ -45,7 +45,6 @@ from llm_converter.models import dtype_bytes
 from llm_converter.perf import paused_gc
 from llm_converter.plan import ParallelPlan
 
-GIB = 1 << 30
 _FAR_FUTURE = 1 << 62  # run_until bound when no other engine or arrival limits the next step
 
 
