@@ -6,7 +6,7 @@
 # Build arguments (docs/backends.md, "pipesim in a container"):
 #   BASE_IMAGE       a Python 3.11 image with pip and venv (default python:3.11-slim; python-local:3.11 offline)
 #   WHEELHOUSE       a folder of the build context holding the pipesim wheel and every dependency's wheel
-#                    (`make docker-wheels` writes build/wheelhouse): the build then needs no network. Empty
+#                    (`make docker OFFLINE=1` writes build/wheelhouse): the build then needs no network. Empty
 #                    (default): pip fetches the dependencies, which needs a network (`docker build --network=host`
 #                    where the daemon's default network has no route out).
 #   ASTRA_SIM_IMAGE  an image holding your ASTRA-Sim build; with ASTRA_SIM_BIN (its path in that image) the binary

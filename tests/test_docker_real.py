@@ -241,6 +241,7 @@ def test_dockerfile_builds_offline_and_runs_in_a_mounted_folder(tmp_path: Path, 
     )
     assert wheels.returncode == 0, wheels.stderr
     tag = f"pipesim-test/pipesim:{uuid.uuid4().hex[:10]}"
+    dangling_before = set(_dangling_images())
     built = _docker(
         "build",
         "-q",
@@ -337,3 +338,12 @@ def test_dockerfile_builds_offline_and_runs_in_a_mounted_folder(tmp_path: Path, 
             _docker("rm", "-f", name)
     finally:
         _docker("rmi", "-f", tag)
+        # The classic builder keeps each named stage (astra-sim, wheels: 200-500 MB) as an untagged image.
+        stages = sorted(set(_dangling_images()) - dangling_before)
+        if stages:
+            _docker("rmi", "-f", *stages)
+        assert set(_dangling_images()) <= dangling_before
+
+
+def _dangling_images() -> list[str]:
+    return _docker("images", "-q", "--no-trunc", "--filter", "dangling=true", timeout=30).stdout.split()
