@@ -38,7 +38,9 @@ from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph, Node, NodeType, Workload
 from llm_converter.graphs.forward import build_fused_workload, fused_steps
 from llm_converter.graphs.tags import kv_transfer_tag
+from llm_converter.iteration import Iteration
 from llm_converter.latency import LatencyModel, make_latency_model
+from llm_converter.layer_ops import LayerOp
 from llm_converter.layers import timed_ops
 from llm_converter.memory import kv_bytes_per_token, kv_cache_blocks, npu_memory_bytes, weight_bytes_per_npu
 from llm_converter.models import dtype_bytes
@@ -160,9 +162,10 @@ class InstanceRun:
         )
         self.scheduler = Scheduler(self.scheduler_config, self.num_gpu_blocks)
         if config.latency_models is not None and self.instance_id in config.latency_models:
-            self.latency: LatencyModel = config.latency_models[self.instance_id]
+            latency: LatencyModel = config.latency_models[self.instance_id]
         else:
-            self.latency = make_latency_model(self.model, placed.hardware, self.plan.tp, self.dtype, config.profile_dir)
+            latency = make_latency_model(self.model, placed.hardware, self.plan.tp, self.dtype, config.profile_dir)
+        self.latency = CachedLatency(latency)
         self.astra: AstraConfig = astra_config_for_instance(cluster, placed, self.plan.comm_groups())
         self.engine = Engine(self.astra, npus=self.plan.npus, comm_groups=self.plan.comm_groups())
         self.stage0_ranks = [self.plan.rank(0, t) for t in range(self.plan.tp)]
@@ -209,6 +212,28 @@ class InstanceRun:
             stats=self.scheduler.stats,
             iterations=self.iterations,
         )
+
+
+class CachedLatency:
+    """A latency model whose non-attention layer times are memoised per op: those depend on the op alone (its
+    name, rows, FLOPs, bytes: roofline and profile bundles alike), and batches of the same size repeat them
+    thousands of times. Attention depends on the whole batch (every request's KV length) and is always asked."""
+
+    def __init__(self, model: LatencyModel, limit: int = 1 << 16) -> None:
+        self.model = model
+        self.limit = limit
+        self._ns: dict[LayerOp, int] = {}
+
+    def layer_ns(self, op: LayerOp, iteration: Iteration) -> int:
+        if op.name == "attention":
+            return self.model.layer_ns(op, iteration)
+        ns = self._ns.get(op)
+        if ns is None:
+            ns = self.model.layer_ns(op, iteration)
+            if len(self._ns) >= self.limit:
+                self._ns.clear()
+            self._ns[op] = ns
+        return ns
 
 
 def admit_transferred(scheduler: Scheduler, request: Request) -> bool:
