@@ -99,6 +99,8 @@ class TrainingConfig:
     overlap_grad_reduce: bool = False  # Megatron-LM default: off (--overlap-grad-reduce turns it on)
     stage_time_us: tuple[float, ...] | None = None  # F,B[,W] per (virtual) stage, replacing layer times
     p2p_time_us: float | None = None  # every activation / gradient transfer takes exactly this long
+    # NPU order: Megatron's default tp-dp-pp (False) or its --use-tp-pp-dp-mapping order tp-pp-dp (True)
+    tp_pp_dp_mapping: bool = False
     dtype: str = "bfloat16"
     backend: str = "builtin"
     out_dir: Path | None = None
@@ -380,7 +382,9 @@ def build_training(config: TrainingConfig) -> TrainingBuild:
         raise PipesimError(
             f"{config.schedule_csv}: its {schedule.num_stages} stages ({chunks} per rank) do not fit the model: {error}"
         ) from None
-    plan = TrainingPlan(config.tp, config.pp, config.dp, stage_blocks, tuple(schedule.stage_to_rank))
+    plan = TrainingPlan(
+        config.tp, config.pp, config.dp, stage_blocks, tuple(schedule.stage_to_rank), config.tp_pp_dp_mapping
+    )
     sp = config.sequence_parallel and config.tp > 1
     pre, block, post = training_layers(
         model, config.micro_batch_size, config.seq_len, config.tp, config.dtype, sequence_parallel=sp, sms=hardware.sms

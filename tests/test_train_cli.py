@@ -166,8 +166,10 @@ def test_astra_sim_backend_timeline_turns_on_astra_sims_node_trace(
 def test_timeline_has_every_simulated_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "step.json"
     args = ["train", *GPT2, "--pp", "2", "--schedule", "zb-h1", "--microbatches", "2", "--seq-len", "128"]
-    assert main([*args, "--timeline", str(path)]) == 0
+    png = tmp_path / "step.png"
+    assert main([*args, "--timeline", str(path), "--timeline-png", str(png)]) == 0
     capsys.readouterr()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     events = json.loads(path.read_text())["traceEvents"]
     names = {event.get("name", "") for event in events}
     assert {"0F0.embedding..b5.down_proj", "1I1.cross_entropy.I..b6.input_layernorm.I"} <= names

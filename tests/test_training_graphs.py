@@ -158,3 +158,22 @@ def test_fixed_p2p_time_keeps_tp_collectives_on_their_link() -> None:
     slow = run_training(replace(base, p2p_time_us=10))
     assert slow.step_time_ns - free.step_time_ns == 2 * 3 * 10_000
     assert build_training(replace(base, p2p_time_us=10)).astra.network.npus_count == [2, 4]
+
+
+def test_npu_order_is_megatrons_tp_dp_pp_by_default() -> None:
+    # Megatron-LM's parallel_state order "tp-cp-ep-dp-pp": TP ranks consecutive, then the DP replicas of a
+    # stage, then the next stage; --use-tp-pp-dp-mapping gives tp-pp-dp (a replica contiguous).
+    config = TrainingConfig(model="gpt2", hardware="A100-80G", tp=2, pp=2, dp=2, microbatches=2, seq_len=128)
+    plan = build_training(config).plan
+    assert [plan.rank(pp, tp, dp) for pp in range(2) for dp in range(2) for tp in range(2)] == list(range(8))
+    assert all(plan.rank(*plan.coords(npu)) == npu for npu in range(8))
+    assert plan.dp_group(0, 0) == [0, 2] and plan.tp_group(1, 1) == [6, 7]
+    other = build_training(replace(config, tp_pp_dp_mapping=True)).plan
+    assert [other.rank(pp, tp, dp) for dp in range(2) for pp in range(2) for tp in range(2)] == list(range(8))
+    assert other.dp_group(0, 0) == [0, 4] and all(other.rank(*other.coords(npu)) == npu for npu in range(8))
+    # Two nodes of 4 over a slow link: Megatron's order keeps the gradient all-reduce inside a node (only the
+    # stage boundary crosses), tp-pp-dp sends it across; every graph still validates.
+    slow = replace(config, gpus_per_node=4, inter_node_bw_gbps=5.0)
+    megatron, contiguous = run_training(slow), run_training(replace(slow, tp_pp_dp_mapping=True))
+    assert megatron.step_time_ns < contiguous.step_time_ns
+    assert validate_workload(build_training_workload(build_training(slow).spec), progress=False).ok

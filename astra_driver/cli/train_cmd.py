@@ -80,6 +80,13 @@ def train(
             "--overlap-grad-reduce/--no-overlap-grad-reduce", help="Reduce DP buckets during the last backward."
         ),
     ] = False,
+    tp_pp_dp_mapping: Annotated[
+        bool,
+        typer.Option(
+            "--use-tp-pp-dp-mapping",
+            help="NPU order tp-pp-dp (a DP replica contiguous) instead of Megatron's default tp-dp-pp.",
+        ),
+    ] = False,
     stage_time_us: Annotated[
         str | None, typer.Option("--stage-time-us", help="F,B[,W] us per stage, replacing layer times.")
     ] = None,
@@ -126,6 +133,7 @@ def train(
         overlap_grad_reduce=overlap_grad_reduce,
         stage_time_us=_times(stage_time_us, "--stage-time-us"),
         p2p_time_us=p2p_time_us,
+        tp_pp_dp_mapping=tp_pp_dp_mapping,
         dtype=dtype,
         backend=backend,
         out_dir=out_dir,

@@ -1,6 +1,9 @@
 """One training step as per-NPU Chakra graphs: a pipeline schedule's actions, each stage's work, the network.
 
-NPU id = dp_rank * tp * pp + pp_rank * tp + tp_rank (plan.py's layout: a stage's TP ranks are consecutive, a
+NPU id: Megatron-LM's default rank order tp-dp-pp (parallel_state's order "tp-cp-ep-dp-pp"):
+tp_rank + tp * (dp_rank + dp * pp_rank), so a stage's TP ranks are consecutive and its DP replicas next (the
+gradient all-reduce stays inside a node when tp x dp fits one); `tp_pp_dp_mapping` gives Megatron's
+--use-tp-pp-dp-mapping order tp-pp-dp, dp_rank * tp * pp + pp_rank * tp + tp_rank (plan.py's serving layout: a
 DP replica is one contiguous range). Pipeline rank r holds the virtual stages s with stage_to_rank[s] == r
 (one for gpipe/1f1b, v for interleaved, two in a V for zb-v/dualpipev); virtual stage s runs the s-th
 contiguous range of decoder blocks, the first also the embedding, the last the final norm, lm_head and loss.
@@ -53,6 +56,7 @@ class TrainingPlan:
     dp: int
     stage_blocks: tuple[tuple[int, int], ...]  # per virtual stage: [start, end) decoder blocks
     stage_to_rank: tuple[int, ...]
+    tp_pp_dp_mapping: bool = False  # Megatron's --use-tp-pp-dp-mapping; default order tp-dp-pp
 
     @property
     def num_stages(self) -> int:
@@ -63,12 +67,18 @@ class TrainingPlan:
         return self.tp * self.pp * self.dp
 
     def rank(self, pp_rank: int, tp_rank: int = 0, dp_rank: int = 0) -> int:
-        return dp_rank * self.tp * self.pp + pp_rank * self.tp + tp_rank
+        if self.tp_pp_dp_mapping:
+            return dp_rank * self.tp * self.pp + pp_rank * self.tp + tp_rank
+        return tp_rank + self.tp * (dp_rank + self.dp * pp_rank)
 
     def coords(self, rank: int) -> tuple[int, int, int]:
         """(pp_rank, tp_rank, dp_rank) of NPU `rank`."""
-        dp_rank, inside = divmod(rank, self.tp * self.pp)
-        pp_rank, tp_rank = divmod(inside, self.tp)
+        if self.tp_pp_dp_mapping:
+            dp_rank, inside = divmod(rank, self.tp * self.pp)
+            pp_rank, tp_rank = divmod(inside, self.tp)
+            return pp_rank, tp_rank, dp_rank
+        outside, tp_rank = divmod(rank, self.tp)
+        pp_rank, dp_rank = divmod(outside, self.dp)
         return pp_rank, tp_rank, dp_rank
 
     def stages_of(self, pp_rank: int) -> tuple[int, ...]:
