@@ -175,9 +175,9 @@ def test_pg_name_without_any_groups_file_is_a_problem() -> None:
     """convert wrote TP collectives with pg_name but no groups file: replay refuses it, so validate must."""
     messages = _messages(_one_collective_per_rank(["1", "1", "2", "2"], {}))
     assert messages == [
-        "rank 0 node 0: pg_name '1' names no communicator group: no comm-group file was given "
-        "(--comm-group-configuration, or comm_groups.json beside the traces); 2 pg_name(s) ('1', '2') on 4 rank(s) "
-        "need one"
+        "rank 0 node 0: pg_name '1' names no communicator group: no comm-group file was given, or it defines no "
+        "groups (--comm-group-configuration, or comm_groups.json beside the traces); 2 pg_name(s) ('1', '2') on 4 "
+        "rank(s) need one"
     ]
     with_file = _messages(_one_collective_per_rank(["1", "1", "2", "3"], {"1": [0, 1]}))
     assert with_file == [

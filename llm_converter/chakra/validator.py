@@ -340,8 +340,9 @@ def _report_unknown_groups(
     ranks = {rank for users in unknown.values() for rank, _ in users}
     names = name_first((repr(n) for n in unknown), 5)
     message = (
-        f"pg_name {name!r} names no communicator group: no comm-group file was given (--comm-group-configuration, "
-        f"or comm_groups.json beside the traces); {len(unknown)} pg_name(s) ({names}) on {len(ranks)} rank(s) need one"
+        f"pg_name {name!r} names no communicator group: no comm-group file was given, or it defines no groups "
+        f"(--comm-group-configuration, or comm_groups.json beside the traces); {len(unknown)} pg_name(s) ({names}) on "
+        f"{len(ranks)} rank(s) need one"
     )
     report.problems.append(Problem(users[0][0], (users[0][1],), message))
 
