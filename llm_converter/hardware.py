@@ -40,7 +40,7 @@ _FACTOR_FIELDS = tuple(f.name for f in fields(OpClassFactors))
 class HardwareSpec:
     name: str  # as the cluster config writes it: "H100-SXM", "H200", "A100-80G", "RTXPRO6000", "RTX4090"
     peak_tflops: float  # dense bf16/fp16 tensor TFLOPS (FP32 accumulate)
-    memory_gb: float  # device memory (GB, 1e9 bytes)
+    memory_gb: float  # device memory in GB of 2^30 bytes (nvidia-smi's MiB / 1024, near the marketed figure)
     hbm_gbps: float  # device memory bandwidth (GB/s)
     l2_mb: float  # L2 cache (MB, 1e6 bytes; datasheet/whitepaper)
     l2_gbps: float  # achieved L2 bandwidth of a streaming kernel (GB/s; fitted or a documented default)
