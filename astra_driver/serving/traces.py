@@ -36,7 +36,7 @@ from astra_driver.serving.metrics import IterationRecord
 from astra_driver.serving.request import Request, RequestStatus
 from astra_driver.serving.scheduler import SchedulerStats
 from llm_converter.chakra.reader import read_workload
-from llm_converter.chakra.writer import write_workload
+from llm_converter.chakra.writer import encode_graph, et_path
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Workload
 from llm_converter.io import write_atomic
@@ -118,8 +118,12 @@ class TraceWriter:
     def add_iteration(self, inst: Any, iteration_id: int, batch: Any, start_ns: int, workload: Workload) -> None:
         assert self.staging is not None
         prefix = _iteration_prefix(inst.instance_id, iteration_id)
+        # Plain writes: the staging folder as a whole is renamed into place at the end (write_atomic's temporary
+        # file and rename per .et would double the cost of thousands of small files).
         with paused_gc():
-            write_workload(self.staging / prefix, workload)
+            for rank, graph in enumerate(workload.graphs):
+                with open(et_path(self.staging / prefix, rank), "wb") as handle:
+                    handle.write(encode_graph(graph))
         entry = {
             "instance_id": inst.instance_id,
             "iteration_id": iteration_id,
