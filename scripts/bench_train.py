@@ -136,6 +136,13 @@ def main() -> None:
             f"        step {result.step_time_ns / 1e9:.3f} s, bubble {result.bubble_fraction * 100:.1f}%, "
             f"{result.tokens_per_s:,.0f} tokens/s, {result.tflops_per_gpu:.0f} TFLOPs/GPU, MFU {result.mfu * 100:.1f}%"
         )
+        fullest = max(result.per_stage, key=lambda stage: stage.total_memory_bytes)
+        verdict = "fits" if fullest.fits else "does NOT fit"
+        print(
+            f"        GPU memory: the fullest NPU (stage {fullest.pp_rank}) needs "
+            f"{fullest.total_memory_bytes / 2**30:.1f} GB of {fullest.capacity_bytes / 2**30:.0f} GB: {verdict} "
+            f"(recompute {config.recompute})"
+        )
         if args.full and npus == 1024:
             start = time.perf_counter()
             full = run_training(replace(config, representative=False))
