@@ -28,6 +28,7 @@ from astra_driver.serving.metrics import (
 )
 from astra_driver.serving.request import Request, RequestStatus
 from astra_driver.serving.scheduler import BatchEntry, ScheduledBatch, SchedulerStats
+from llm_converter.memory import MEM_GB
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -219,10 +220,10 @@ def rec(end_ns, prefill, decode, seqs, mem, instance=0) -> IterationRecord:
 
 def test_interval_log_lines_and_rows(tmp_path: Path) -> None:
     lines: list[str] = []
-    log = IntervalLog(1 * S, lines.append, idle_npu_mem_bytes=[8 * 10**9])
-    log.observe(rec(S // 2, 1000, 1, 1, 10 * 10**9))
-    log.observe(rec(1 * S, 400, 2, 2, 11 * 10**9))  # on the boundary: belongs to (0, 1]
-    log.observe(rec(5 * S // 2, 0, 540, 8, 44 * 10**9))  # (1, 2] had nothing
+    log = IntervalLog(1 * S, lines.append, idle_npu_mem_bytes=[8 * MEM_GB])
+    log.observe(rec(S // 2, 1000, 1, 1, 10 * MEM_GB))
+    log.observe(rec(1 * S, 400, 2, 2, 11 * MEM_GB))  # on the boundary: belongs to (0, 1]
+    log.observe(rec(5 * S // 2, 0, 540, 8, 44 * MEM_GB))  # (1, 2] had nothing
     log.close(3 * S)
     assert lines == [
         "[INFO] step=2 batch=2 prompt_t=1.4k tok/s decode_t=3 tok/s npu_mem=11.0 GB",
@@ -241,27 +242,42 @@ def test_interval_log_lines_and_rows(tmp_path: Path) -> None:
         rows = list(csv.reader(f))
     assert rows[0] == ["time_s", "step", "prompt_tokens", "decode_tokens", "prompt_tok_s", "decode_tok_s", "partial",
                        "inst0_batch", "inst0_npu_mem_bytes", "inst0_kv_blocks"]  # fmt: skip
-    assert rows[1] == ["1", "2", "1400", "3", "1400", "3", "0", "2", "11000000000", "0"]
-    assert rows[3] == ["3", "3", "0", "540", "0", "540", "0", "8", "44000000000", "0"]
+    assert rows[1] == ["1", "2", "1400", "3", "1400", "3", "0", "2", str(11 * MEM_GB), "0"]
+    assert rows[3] == ["3", "3", "0", "540", "0", "540", "0", "8", str(44 * MEM_GB), "0"]
 
 
 def test_interval_log_partial_tail_and_idle_memory() -> None:
     lines: list[str] = []
-    log = IntervalLog(1 * S, lines.append, idle_npu_mem_bytes=[8 * 10**9])
+    log = IntervalLog(1 * S, lines.append, idle_npu_mem_bytes=[8 * MEM_GB])
     log.close(S // 4)  # nothing ran: weights only, rates over the 0.25 s the run lasted
     assert lines == ["[INFO] step=0 batch=0 prompt_t=0 tok/s decode_t=0 tok/s npu_mem=8.0 GB"]
     log = IntervalLog(1 * S, lines.append)
-    log.observe(rec(S + S // 2, 0, 540, 8, 44 * 10**9))
+    log.observe(rec(S + S // 2, 0, 540, 8, 44 * MEM_GB))
     log.close(S + 6 * S // 10)
     assert log.rows[-1].partial and log.rows[-1].decode_tok_s == pytest.approx(900.0)
     assert lines[-1] == "[INFO] step=1 batch=8 prompt_t=0 tok/s decode_t=900 tok/s npu_mem=44.0 GB"
 
 
+def test_interval_log_npu_mem_is_gib() -> None:
+    """npu_mem prints GB of 2^30 bytes, the unit of mem_size and of every memory GB pipesim prints: 44e9 bytes
+    are 44e9 / 2^30 = 40.98 GB, and an RTXPRO6000's mem_size 96 is 96.0 GB."""
+    lines: list[str] = []
+    log = IntervalLog(S, lines.append)
+    log.observe(rec(S // 2, 0, 1, 1, 44 * 10**9))
+    log.close(S)
+    assert lines[-1].endswith("npu_mem=41.0 GB")
+    lines.clear()
+    log = IntervalLog(S, lines.append)
+    log.observe(rec(S // 2, 0, 1, 1, 96 * 2**30))
+    log.close(S)
+    assert lines[-1].endswith("npu_mem=96.0 GB")
+
+
 def test_interval_log_several_instances() -> None:
     lines: list[str] = []
     log = IntervalLog(S, lines.append, num_instances=2)
-    log.observe(rec(S // 10, 2000, 300, 6, 63_200_000_000, instance=0))
-    log.observe(rec(S // 5, 500, 560, 4, 63_150_000_000, instance=1))
+    log.observe(rec(S // 10, 2000, 300, 6, round(63.2 * MEM_GB), instance=0))
+    log.observe(rec(S // 5, 500, 560, 4, round(63.1 * MEM_GB), instance=1))
     log.close(S)
     assert lines == [
         "[INFO] step=2 inst0_batch=6 inst1_batch=4 prompt_t=2.5k tok/s decode_t=860 tok/s npu_mem=[63.2 GB, 63.1 GB]"

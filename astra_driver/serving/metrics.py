@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llm_converter.io import write_atomic
+from llm_converter.memory import MEM_GB  # bytes in every memory GB pipesim prints (2^30, as mem_size)
 
 if TYPE_CHECKING:
     from astra_driver.serving.request import Request
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 NS_PER_S = 1_000_000_000
 NS_PER_MS = 1_000_000
-GB = 10**9  # bytes in the GB every pipesim output prints (as the cluster config's mem_size)
 
 # LLMServingSim's per-request CSV header, verbatim (serving/core/scheduler.py, save_output).
 CSV_COLUMNS = (
@@ -248,9 +248,10 @@ class IntervalRow:
         """The seed's line; with several instances, one batch and one npu_mem per instance (LLMServingSim)."""
         rates = f"prompt_t={format_rate(self.prompt_tok_s)} tok/s decode_t={format_rate(self.decode_tok_s)} tok/s"
         if len(self.batch) == 1:
-            return f"[INFO] step={self.step} batch={self.batch[0]} {rates} npu_mem={self.npu_mem_bytes[0] / GB:.1f} GB"
+            memory = self.npu_mem_bytes[0] / MEM_GB
+            return f"[INFO] step={self.step} batch={self.batch[0]} {rates} npu_mem={memory:.1f} GB"
         batches = " ".join(f"inst{i}_batch={b}" for i, b in enumerate(self.batch))
-        mems = ", ".join(f"{m / GB:.1f} GB" for m in self.npu_mem_bytes)
+        mems = ", ".join(f"{m / MEM_GB:.1f} GB" for m in self.npu_mem_bytes)
         return f"[INFO] step={self.step} {batches} {rates} npu_mem=[{mems}]"
 
 
