@@ -191,3 +191,36 @@ def test_a_request_that_cannot_fit_the_kv_cache_alone_is_a_one_line_error() -> N
 def test_empty_requests_are_refused() -> None:
     with pytest.raises(PipesimError, match="no requests"):
         _run(_document(TP1), [])
+
+
+def test_every_request_is_checked_before_anything_is_simulated() -> None:
+    """Scheduler.check_request on every request up front: a too-long last request fails before the first one
+    runs (no iteration simulated), naming its dataset line."""
+    early = Request(0, 0, 10, 2, source="trace.jsonl:1")
+    late = Request(1, 10**12, 200_000, 10, source="trace.jsonl:2")  # past Llama-3.1-8B's 131,072-token context
+    with pytest.raises(PipesimError, match=r"trace\.jsonl:2.*max_model_len 131072") as info:
+        _run(_document(TP1), [early, late])
+    assert "\n" not in str(info.value)
+    assert early.token_times_ns == []  # nothing ran
+
+
+def test_pd_decode_instance_checks_the_whole_request_up_front() -> None:
+    """P/D: the prefill instance sees prompt + first token, the decode one the whole request; a request whose
+    decode KV cannot fit fails before the run, naming the decode instance."""
+    document = _pd_document()
+    request = Request(0, 0, 40, 40, source="trace.jsonl:7")  # 79 tokens of KV: 5 blocks of 16
+    with pytest.raises(PipesimError, match=r"trace\.jsonl:7.*on instance 1"):
+        _run(document, [request], num_gpu_blocks=5)  # 4 usable blocks (block 0 is the null block)
+    assert request.token_times_ns == []
+
+
+def test_without_chunked_prefill_the_default_budget_is_max_model_len() -> None:
+    """vLLM: with chunked prefill off, max_num_batched_tokens defaults to max_model_len (131,072 for
+    Llama-3.1-8B), so a 20,000-token prompt is one step; with it on, 8192-token chunks (3 prefill steps)."""
+    document = _document(TP1)
+    whole = Request(0, 0, 20_000, 1)
+    result = _run(document, [whole], enable_chunked_prefill=False, num_gpu_blocks=2000)
+    assert [r.prefill_tokens for r in result.iterations] == [20_000]
+    chunked = Request(0, 0, 20_000, 1)
+    result = _run(document, [chunked], num_gpu_blocks=2000)
+    assert [r.prefill_tokens for r in result.iterations] == [8192, 8192, 3616]

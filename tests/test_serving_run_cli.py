@@ -107,3 +107,18 @@ def test_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "--routing" in _bad(tmp_path, capsys, "--cluster-config", str(PP2), "--routing", "fastest")
     assert "--log-interval" in _bad(tmp_path, capsys, "--cluster-config", str(PP2), "--log-interval", "0")
     assert "--block-size" in _bad(tmp_path, capsys, "--cluster-config", str(PP2), "--block-size", "0")
+
+
+def test_too_long_request_fails_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A request past the model's context on the dataset's last line: one line naming that line, before any
+    simulation (Scheduler.check_request on every request), no output file."""
+    lines = DATASET.read_text().splitlines()
+    lines.append(json.dumps({"input_toks": 130_000, "output_toks": 2000, "arrival_time_ns": 10**13}))
+    dataset = tmp_path.parent / f"{tmp_path.name}-long.jsonl"
+    dataset.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "out.csv"
+    code = main(["run", "--cluster-config", str(PP2), "--dataset", str(dataset), "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{dataset.name}:{len(lines)}" in err and "max_model_len" in err
+    assert not output.exists()

@@ -148,8 +148,14 @@ class InstanceRun:
                 )
             except PipesimError as exc:
                 raise PipesimError(f"{where}.{exc}") from None
-        tokens, seqs = defaults_for(placed.spec.npu_mem.mem_size, placed.hardware.name)  # mem_size is GiB
         max_len = self.model.max_position_embeddings if self.model.max_position_embeddings > 0 else None
+        # vLLM 0.19's budget for the GPU (mem_size is GiB); without chunked prefill it is max_model_len.
+        tokens, seqs = defaults_for(
+            placed.spec.npu_mem.mem_size,
+            placed.hardware.name,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+            max_model_len=max_len,
+        )
         self.scheduler_config = SchedulerConfig(
             max_num_batched_tokens=config.max_num_batched_tokens or tokens,
             max_num_seqs=config.max_num_seqs or seqs,
@@ -236,21 +242,6 @@ class CachedLatency:
         return ns
 
 
-def admit_transferred(scheduler: Scheduler, request: Request) -> bool:
-    """Admit a request whose prompt KV arrived from a prefill instance: it holds KV blocks for its prompt and
-    runs as a decode from its first generated token on. False (nothing changed) when blocks or seats lack."""
-    if len(scheduler.running) >= scheduler.config.max_num_seqs:
-        return False
-    request.num_computed_tokens = 0
-    if scheduler.kv.allocate_slots(request, request.input_tokens) is None:
-        return False
-    request.num_computed_tokens = request.input_tokens
-    request.status = RequestStatus.RUNNING
-    scheduler.requests[request.request_id] = request
-    scheduler.running.append(request)
-    return True
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------
@@ -280,6 +271,7 @@ class ServingLoop:
         if len(set(ids)) != len(ids):
             raise PipesimError("dataset: request ids repeat; every request needs its own id")
         self.by_id = {r.request_id: r for r in self.requests}
+        self._check_requests()
         self.proxies: dict[int, Request] = {}  # P/D: the prefill instance's copy of a request (output_tokens 1)
         self.records: list[IterationRecord] = []
         self.transfers: list[KvTransfer] = []
@@ -300,6 +292,25 @@ class ServingLoop:
         self.now = 0
         self._done: list[tuple[InstanceRun, int, int]] = []  # (instance, batch id, tick) completed this step
         self._transfers_done: list[tuple[Request, int, int, int, tuple]] = []
+
+    def _check_requests(self) -> None:
+        """Refuse, before simulating anything, a request that some instance it may be routed to could never run
+        (longer than the model's context, more KV than the whole cache): one line naming its dataset line."""
+        several = len(self.instances) > 1
+        for inst in self.instances:
+            check = inst.scheduler.check_request
+            for request in self.requests:
+                # A prefill instance only computes the prompt and its first token (the proxy of _admit).
+                seen = request
+                if inst.pd_type == "prefill":
+                    seen = Request(request.request_id, request.arrival_ns, request.input_tokens, 1)
+                    seen.source = request.source
+                try:
+                    check(seen)
+                except PipesimError as exc:
+                    if not several:
+                        raise
+                    raise PipesimError(f"{exc} (on instance {inst.instance_id})") from None
 
     # -- arrivals and launches -----------------------------------------------------------------------------
 
@@ -383,7 +394,7 @@ class ServingLoop:
             else:
                 self.finished += 1
         if inst.waiting_kv:
-            inst.waiting_kv = [r for r in inst.waiting_kv if not admit_transferred(inst.scheduler, r)]
+            inst.waiting_kv = [r for r in inst.waiting_kv if not inst.scheduler.admit_transferred(r)]
 
     def _request(self, inst: InstanceRun, request_id: int) -> Request:
         if inst.pd_type == "prefill":
@@ -439,7 +450,7 @@ class ServingLoop:
         if self.trace_writer is not None:
             self.trace_writer.add_transfer(self.transfers[-1])
         target = self.instances[dst]
-        if not admit_transferred(target.scheduler, request):
+        if not target.scheduler.admit_transferred(request):
             target.waiting_kv.append(request)
 
     # -- the clock -----------------------------------------------------------------------------------------
