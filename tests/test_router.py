@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -137,3 +138,24 @@ def test_bad_policy_and_missing_roles_are_one_line_errors() -> None:
         make_router("fastest")
     with pytest.raises(PipesimError, match='no instance has pd_type "decode"'):
         make_router("random").route_decode(req(0), plain(2))
+
+
+def test_least_loaded_ties_take_turns_as_llmservingsim_load() -> None:
+    """Requests that each finish before the next arrives find every instance idle: LLMServingSim's LOAD scans
+    from its round-robin position, so they spread 0, 1, 2, 0 instead of all going to instance 0."""
+    router = make_router("least_loaded")
+    chosen = []
+    for i in range(4):
+        r = req(i)
+        chosen.append(router.route(r, plain(3)))
+        r.finish_ns = 10
+    assert chosen == [0, 1, 2, 0]
+
+
+def test_default_routing_is_least_loaded() -> None:
+    """LLMServingSim's --request-routing-policy defaults to LOAD (least loaded); so do pipesim's run and loop."""
+    from astra_driver.serving.loop import ServingRunConfig
+    from astra_driver.serving.run_job import RunRequest
+
+    assert RunRequest(Path("c.json"), Path("d.jsonl")).routing == "least_loaded"
+    assert ServingRunConfig(cluster=None, requests=[]).routing == "least_loaded"  # type: ignore[arg-type]

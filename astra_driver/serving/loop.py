@@ -64,7 +64,7 @@ class ServingRunConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0
-    routing: str = "round_robin"
+    routing: str = "least_loaded"  # LLMServingSim's default (LOAD)
     seed: int = 0
     profile_dir: Path | None = None
     # instance id -> latency model, overriding roofline/profile (tests use fixed latencies)

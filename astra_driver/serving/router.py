@@ -10,7 +10,12 @@ tokens whose KV is not computed yet (input_tokens - min(num_computed_tokens, inp
 request's recompute counts again) plus the output tokens not generated yet (output_tokens - num_generated).
 A prefill instance only owes the prompt: its requests count their remaining prompt tokens until their first
 token exists, then leave its load; a decode instance only owes the output (the prompt's KV arrives computed).
-Ties go to the lowest instance id, so runs are reproducible.
+Ties go to the first tied instance after the one chosen last (LLMServingSim's LOAD scans from a round-robin
+position), so idle instances take turns; runs stay reproducible.
+
+least_loaded is the default, as LLMServingSim's `--request-routing-policy LOAD` (serving/__main__.py) is. Its
+LOAD scores an instance by vLLM's data-parallel balancer, (4 x waiting + running requests) / max_num_seqs;
+pipesim counts outstanding tokens instead (issue 7), which also sees how long the queued requests are.
 """
 
 from __future__ import annotations
@@ -114,7 +119,17 @@ class Router:
             return chosen
         if self.policy == "random":
             return self._rng.choice(candidates)
-        return min(candidates, key=lambda iid: (self.outstanding_tokens(iid), iid))
+        # Least loaded; ties go to the first candidate after the last one chosen, as LLMServingSim's LOAD scans
+        # from its round-robin position (idle instances take turns instead of the lowest id taking everything).
+        start = self._next[kind] % len(candidates)
+        best_position, best_load = start, None
+        for offset in range(len(candidates)):
+            position = (start + offset) % len(candidates)
+            load = self.outstanding_tokens(candidates[position])
+            if best_load is None or load < best_load:
+                best_position, best_load = position, load
+        self._next[kind] = best_position + 1
+        return candidates[best_position]
 
     def _assign(self, request: Request, instance_id: int) -> int:
         request.instance_id = instance_id

@@ -44,7 +44,7 @@ class RunRequest:
     max_num_seqs: int | None = None
     num_gpu_blocks: int | None = None
     enable_prefix_caching: bool = True
-    routing: str = "round_robin"
+    routing: str = "least_loaded"  # LLMServingSim's default (LOAD)
     seed: int = 0
     profile_dir: Path | None = None
     log_interval_s: float | None = None
