@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,22 +20,78 @@ T = TypeVar("T")
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    write_all_or_none([(path, data)])
+
+
+def write_all_or_none(files: Iterable[tuple[Path, bytes]]) -> list[Path]:
+    """Write each (path, data) to a temporary file beside its path, then rename them all, with SIGINT and SIGTERM
+    held back during the renames: an error or a signal before them leaves none of the files (and no temporary
+    one), so the ranks of a workload never mix two runs. `files` may be a generator (one encoded file at a time)."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            staged.append((Path(path), _write_temporary(Path(path), data)))
+        with _signals_held():
+            for path, temporary in staged:
+                try:
+                    os.replace(temporary, path)
+                except OSError as exc:
+                    raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
+    except BaseException:
+        for _, temporary in staged:
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+        raise
+    return [path for path, _ in staged]
+
+
+def _write_temporary(path: Path, data: bytes) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
         raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
+    # The name is chosen before the file exists, so however this is interrupted the except below can remove it
+    # (tempfile.mkstemp creates the file before it returns its name: a signal in between leaked it).
+    temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}"
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK)
+        except OSError as exc:
+            raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
             raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path or free space") from None
+    except BaseException:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
         raise
+    return temporary
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are raised again when it ends, to the handlers in place
+    before it (pipesim's: Interrupted). Handlers, not a signal mask: with other threads running, a process signal
+    goes to any thread that does not block it and Python runs its handler in the main thread anyway."""
+    previous = {sig: signal.getsignal(sig) for sig in _HELD_SIGNALS}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield  # handlers can only be changed (and only run) in the main thread; None: set outside Python
+        return
+    caught: list[int] = []
+    for sig in _HELD_SIGNALS:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _read_umask() -> int:
@@ -78,11 +138,17 @@ def replace_folder(staging: Path, destination: Path) -> None:
 def write_folder_atomically(destination: Path, write: Callable[[Path], T]) -> T:
     """Run `write(folder)` on a staging folder, then swap it into `destination`: a reader (or a failed or
     interrupted run) never leaves half a folder; a failure leaves the previous one untouched."""
-    staging = new_staging_folder(destination)
+    # Signals wait while the staging folder is made and while it is swapped in: mkdtemp creates the folder before
+    # it returns its name, and the swap moves the previous folder aside first (a signal there left it aside).
+    staging = None
     try:
+        with _signals_held():  # a signal held here arrives once the name is assigned, inside this try
+            staging = new_staging_folder(destination)
         result = write(staging)
-        replace_folder(staging, destination)
+        with _signals_held():
+            replace_folder(staging, destination)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return result

@@ -226,6 +226,53 @@ def test_int32_extremes_match_protobuf() -> None:
         assert encode_node(node) == _to_message(node).SerializeToString()
 
 
+def _ranked(count: int, duration: int) -> Workload:
+    graphs = [GraphBuilder(rank=r).graph for r in range(count)]
+    for graph in graphs:
+        graph.nodes.append(Node(0, "COMP_NODE_x", NodeType.COMP_NODE, duration_micros=duration))
+    return Workload(graphs)
+
+
+@pytest.mark.parametrize("error", [PipesimError("disk trouble"), KeyboardInterrupt()])
+def test_write_workload_writes_all_ranks_or_none(tmp_path, monkeypatch, error) -> None:
+    """`pipesim convert` of 128 ranks stopped by Ctrl-C half-way left its first 37 ranks beside an older run's
+    other 91 (a workload that mixes two runs) and a `.llm.37.et.XXXX` temporary file."""
+    import llm_converter.chakra.writer as writer
+
+    write_workload(tmp_path / "llm", _ranked(4, 1))
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    real_encode = writer.encode_graph
+
+    def fail_at_rank_2(graph: Graph) -> bytes:
+        if graph.rank == 2:
+            raise error
+        return real_encode(graph)
+
+    monkeypatch.setattr(writer, "encode_graph", fail_at_rank_2)
+    with pytest.raises(type(error)):
+        write_workload(tmp_path / "llm", _ranked(4, 7))
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # no temporary file either
+
+
+def test_a_signal_right_after_the_temporary_file_is_made_leaves_none(tmp_path, monkeypatch) -> None:
+    """tempfile.mkstemp creates the file before it returns its name: a signal in between leaked `.x.et.XXXX`."""
+    import os
+
+    from llm_converter.io import write_atomic
+
+    real_open = os.open
+
+    def open_then_interrupted(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "x.et", b"data")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_write_atomic_reports_an_unwritable_place(tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -264,3 +311,35 @@ def test_duplicate_known_attributes_survive_a_rewrite(tmp_path) -> None:
         ("num_ops", "int64_val", 7),
         ("tensor_size", "uint64_val", 8),
     ]
+
+
+def test_a_signal_while_the_staging_folder_is_made_leaves_no_folder(tmp_path, monkeypatch) -> None:
+    """mkdtemp creates the staging folder before it returns its name: a Ctrl-C in between left `.out.new-XXXX`
+    beside the output. Now the signal waits until the name is known, and the folder is removed."""
+    import os
+    import signal
+    import tempfile
+
+    from llm_converter.io import write_folder_atomically
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp_then_signal(*args, **kwargs):
+        made = real_mkdtemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    previous = signal.signal(signal.SIGINT, stop)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_signal)
+    try:
+        with pytest.raises(Stop):
+            write_folder_atomically(tmp_path / "out", lambda folder: (folder / "a").write_text("x"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert list(tmp_path.iterdir()) == []

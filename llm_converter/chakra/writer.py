@@ -8,12 +8,12 @@ comm_priority, pg_name, involved_dim, then extra attributes verbatim.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph, Node, Workload
-from llm_converter.io import write_atomic
+from llm_converter.io import write_all_or_none, write_atomic
 
 _SMALL_VARINTS = [bytes([v]) for v in range(128)]
 # Traces repeat the same sizes, ids and op counts a lot: memoise encodings (bounded, so memory stays flat).
@@ -298,13 +298,14 @@ def write_graph(path: Path | str, graph: Graph) -> int:
 
 
 def write_workload(prefix: Path | str, workload: Workload | Iterable[Graph]) -> list[Path]:
-    """Write `<prefix>.<rank>.et` for every rank; returns the paths."""
-    graphs = workload.graphs if isinstance(workload, Workload) else list(workload)
-    paths = []
-    for rank, graph in enumerate(graphs):
-        if graph.rank != rank:
-            raise PipesimError(f"graph {rank} says it is rank {graph.rank}: graphs must be ordered by rank")
-        path = et_path(prefix, rank)
-        write_graph(path, graph)
-        paths.append(path)
-    return paths
+    """Write `<prefix>.<rank>.et` for every rank, all or none (llm_converter.io.write_all_or_none); the paths."""
+    graphs = workload.graphs if isinstance(workload, Workload) else workload
+
+    def encoded() -> Iterator[tuple[Path, bytes]]:
+        for rank, graph in enumerate(graphs):
+            if graph.rank != rank:
+                raise PipesimError(f"graph {rank} says it is rank {graph.rank}: graphs must be ordered by rank")
+            yield et_path(prefix, rank), encode_graph(graph)
+
+    # All ranks or none: an error or Ctrl-C half-way left the first ranks of this run beside an older run's rest.
+    return write_all_or_none(encoded())
