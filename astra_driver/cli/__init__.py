@@ -197,4 +197,10 @@ def _os_error_message(exc: OSError) -> str:
 
 
 def run() -> None:
+    """The console script. Once main() returns, its outputs are written: a signal during the interpreter's teardown
+    (a second or more after a big trace or convert) ended pipesim by the signal, with no line, after a complete run.
+    Ignoring both signals before main() makes main() restore exactly that when it returns."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
     sys.exit(main())
