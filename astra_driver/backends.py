@@ -38,7 +38,7 @@ from astra_driver.astra_output import (
     read_lines,
 )
 from astra_driver.paths import check_output_path
-from llm_converter.chakra.reader import count_ranks, read_workload
+from llm_converter.chakra.reader import count_ranks, prefix_hint, read_workload
 from llm_converter.chakra.writer import et_path
 from llm_converter.errors import PipesimError
 from llm_converter.graph import NodeType, Workload
@@ -138,6 +138,7 @@ class BuiltinBackend:
             raise PipesimError(
                 f"{et_path(run.workload, present)}: no such file; network.yml describes {npus} NPUs "
                 f"but the workload prefix has {present} .et files (write one per NPU or fix npus_count)"
+                f"{prefix_hint(run.workload) if present == 0 else ''}"
             )
         # Like ASTRA-Sim, read exactly one file per NPU of the network.
         workload = read_workload(run.workload, npus=npus)  # simulate() checks it against the config

@@ -28,6 +28,7 @@ from astra_driver.astra_config import (
 )
 from llm_converter.chakra.reader import read_graph, read_workload
 from llm_converter.chakra.validator import Problem, ValidationReport, validate_graph, validate_workload
+from llm_converter.chakra.writer import et_path
 from llm_converter.errors import DeadlockError, PipesimError
 from llm_converter.graph import Workload
 
@@ -35,6 +36,9 @@ from llm_converter.graph import Workload
 def is_single_et(file_or_prefix: str | Path) -> bool:
     """A path naming one `.et` file (inspect and validate take one, or a workload prefix)."""
     path = Path(file_or_prefix)
+    if path.suffix == ".et" and not path.exists() and not et_path(path, 0).is_file():
+        # Read as a prefix it said "llm.5.et.0.et: no such file".
+        raise PipesimError(f"{path}: no such file (give an .et file, or the prefix of a workload's files)")
     return path.suffix == ".et" and path.is_file()
 
 

@@ -169,6 +169,24 @@ def test_validate_a_single_et_file(tmp_path, capsys) -> None:
     assert "--comm-group-configuration: checks a whole workload" in capsys.readouterr().err
 
 
+def test_a_folder_or_a_missing_et_file_is_named_as_the_user_gave_it(tmp_path, capsys) -> None:
+    """`pipesim inspect traces/x` (the folder) said "traces/x.0.et: no such file"; `inspect llm.5.et` (absent)
+    said "llm.5.et.0.et: no such file". Now the folder gets the prefix inside it, the file its own name."""
+    write_workload(tmp_path / "x" / "llm", _two_rank_workload())
+    folder = tmp_path / "x"
+    for verb in ("inspect", "validate"):
+        assert main([verb, str(folder)]) == 2
+        assert capsys.readouterr().err == (
+            f"pipesim: error: {folder}.0.et: no such file (the workload prefix names no .et files); {folder} is a "
+            f"folder: give the prefix of its files, {folder / 'llm'}\n"
+        )
+        assert main([verb, str(folder / "llm.5.et")]) == 2
+        assert capsys.readouterr().err == (
+            f"pipesim: error: {folder / 'llm.5.et'}: no such file (give an .et file, or the prefix of a workload's "
+            "files)\n"
+        )
+
+
 def test_validate_runs_the_engine_with_the_config_beside_the_traces(tmp_path, capsys) -> None:
     write_workload(tmp_path / "llm", _two_computes())
     _write_configs(tmp_path)

@@ -392,11 +392,24 @@ def count_ranks(prefix: Path | str) -> int:
     return rank
 
 
+def prefix_hint(prefix: Path | str) -> str:
+    """For a prefix that is a folder of traces (`traces/x` instead of `traces/x/llm`): "; give the prefix ..."."""
+    folder = Path(prefix)
+    if not folder.is_dir():
+        return ""
+    prefixes = sorted(str(path)[: -len(".0.et")] for path in folder.glob("*.0.et") if path.is_file())
+    if not prefixes:
+        return f"; {folder} is a folder holding no <prefix>.0.et file"
+    return f"; {folder} is a folder: give the prefix of its files, {' or '.join(prefixes[:3])}"
+
+
 def read_workload(prefix: Path | str, npus: int | None = None) -> Workload:
     """Read `<prefix>.0.et` .. `<prefix>.<npus-1>.et` (npus defaults to the files present)."""
     if npus is None:
         npus = count_ranks(prefix)
         if npus == 0:
-            raise PipesimError(f"{prefix}.0.et: no such file (the workload prefix names no .et files)")
+            raise PipesimError(
+                f"{et_path(prefix, 0)}: no such file (the workload prefix names no .et files){prefix_hint(prefix)}"
+            )
     with paused_gc():
         return Workload([read_graph(et_path(prefix, rank), rank) for rank in range(npus)])
