@@ -163,17 +163,19 @@ class KVCacheManager:
             i = len(hashes)
             parent = hashes[-1] if hashes else NONE_HASH
             hashes.append(hash_block_tokens(parent, self._token_ids(request, i * size, (i + 1) * size)))
-        return hashes[:num_blocks]
+        # Callers only read the result: the list itself when all of it is asked for (the usual case), not a copy.
+        return hashes if len(hashes) == num_blocks else hashes[:num_blocks]
 
     @staticmethod
     def _token_ids(request: Request, start: int, end: int) -> tuple[int, ...]:
+        # Ids are array('i') from the workload readers (tuples in some callers): hashed as a tuple of ints either way.
         prompt = request.input_token_ids
         assert prompt is not None
         if end <= len(prompt):
-            return prompt[start:end]
-        head = prompt[start:] if start < len(prompt) else ()
+            return tuple(prompt[start:end])
+        head = tuple(prompt[start:]) if start < len(prompt) else ()
         first, last = max(start, len(prompt)) - len(prompt), end - len(prompt)  # output positions [first, last)
-        known = request.output_token_ids[first:last] if request.output_token_ids is not None else ()
+        known = tuple(request.output_token_ids[first:last]) if request.output_token_ids is not None else ()
         # Made-up ids for outputs the workload does not give: -1 - (request_id << 32 | k), unique per (request, k).
         base = -1 - (request.request_id << 32)
         made_up = tuple(range(base - first - len(known), base - last, -1))
