@@ -15,6 +15,17 @@ from typing import Annotated
 import typer
 
 from astra_driver.cli import app
+from astra_driver.report.gantt import DEFAULT_MAX_ROWS
+from astra_driver.report.outputs import (
+    TimelineFlag,
+    TimelineMaxEventsFlag,
+    TimelineNpusFlag,
+    TimelinePngFlag,
+    TimelineRequest,
+    TimelineRowsFlag,
+    TimelineWindowFlag,
+)
+from astra_driver.report.timeline import DEFAULT_MAX_EVENTS
 from astra_driver.serving.run_job import DEFAULT_DTYPE, RunRequest, serve
 from astra_driver.serving.run_job import simulate as simulate_job
 
@@ -54,8 +65,17 @@ def run(
     keep_traces: Annotated[
         Path | None, typer.Option("--keep-traces", help="Folder for every iteration's .et and a manifest.")
     ] = None,
+    timeline: TimelineFlag = None,
+    timeline_png: TimelinePngFlag = None,
+    timeline_window: TimelineWindowFlag = None,
+    timeline_npus: TimelineNpusFlag = None,
+    timeline_max_events: TimelineMaxEventsFlag = DEFAULT_MAX_EVENTS,
+    timeline_rows: TimelineRowsFlag = DEFAULT_MAX_ROWS,
 ) -> None:
     """Simulate serving a dataset on a cluster: vLLM v1 scheduling, graphs on the builtin engine."""
+    timelines = TimelineRequest.from_flags(
+        timeline, timeline_png, timeline_window, timeline_npus, timeline_max_events, timeline_rows
+    )
     request = RunRequest(
         cluster_config=cluster_config,
         dataset=dataset,
@@ -71,6 +91,7 @@ def run(
         profile_dir=profile_dir,
         log_interval_s=log_interval,
         keep_traces=keep_traces,
+        timeline=timelines,
     )
 
     def emit(line: str) -> None:  # with --json, stdout holds the JSON alone
@@ -85,6 +106,7 @@ def run(
             typer.echo(f"wrote {output} ({outcome.summary.completed} requests)")
         if keep_traces is not None:
             typer.echo(f"wrote {keep_traces}/ ({len(outcome.result.iterations)} iterations)")
+        _echo_timelines(timelines)
 
 
 @app.command()
@@ -99,12 +121,21 @@ def simulate(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Per-request CSV of the replay.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    timeline: TimelineFlag = None,
+    timeline_png: TimelinePngFlag = None,
+    timeline_window: TimelineWindowFlag = None,
+    timeline_npus: TimelineNpusFlag = None,
+    timeline_max_events: TimelineMaxEventsFlag = DEFAULT_MAX_EVENTS,
+    timeline_rows: TimelineRowsFlag = DEFAULT_MAX_ROWS,
 ) -> None:
     """Replay a run's kept traces on a backend and recompute its serving metrics."""
     from astra_driver.backends import BackendOptions
 
+    timelines = TimelineRequest.from_flags(
+        timeline, timeline_png, timeline_window, timeline_npus, timeline_max_events, timeline_rows
+    )
     options = BackendOptions(astra_sim_bin=astra_sim_bin, docker_image=docker_image)
-    result, summary, manifest = simulate_job(directory, backend, output, options)
+    result, summary, manifest = simulate_job(directory, backend, output, options, timelines)
     if json_output:
         typer.echo(summary.to_json_text(), nl=False)
         return
@@ -113,3 +144,10 @@ def simulate(
         f"iteration ends {result.max_abs_diff_ns} ns"
     )
     typer.echo(summary.format())
+    _echo_timelines(timelines)
+
+
+def _echo_timelines(timelines: TimelineRequest) -> None:
+    for path in (timelines.json_path, timelines.png_path):
+        if path is not None:
+            typer.echo(f"wrote {path}")

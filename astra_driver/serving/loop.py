@@ -31,6 +31,7 @@ from astra_driver.cluster_config import ClusterConfig, PlacedInstance
 from astra_driver.engine import Engine
 from astra_driver.engine.core import GraphHandle, WorkloadHandle
 from astra_driver.serving.metrics import IntervalLog, IterationRecord
+from astra_driver.serving.node_timeline import NodeTimeline
 from astra_driver.serving.request import Request, RequestStatus
 from astra_driver.serving.router import make_router
 from astra_driver.serving.scheduler import ScheduledBatch, Scheduler, SchedulerConfig, SchedulerStats, defaults_for
@@ -73,6 +74,7 @@ class ServingRunConfig:
     emit: Callable[[str], None] | None = None  # where interval log lines go
     keep_traces_dir: Path | None = None
     progress: Callable[[int, int], None] | None = None  # (finished requests, simulated ns), every iteration
+    record_timeline: bool = False  # keep every node's times for --timeline (ServingResult.timeline)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class ServingResult:
     interval_log: IntervalLog | None = None
     transfers: list[KvTransfer] = field(default_factory=list)
     nodes_simulated: int = 0
+    timeline: NodeTimeline | None = None  # with record_timeline: per-NPU node times of every engine
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class KvTransfer:
     start_ns: int
     end_ns: int
     messages: tuple[tuple[int, int, int], ...]
+    transfer_id: int = -1  # its number on the cluster link (the messages' tags come from it)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -173,7 +177,12 @@ class InstanceRun:
             latency = make_latency_model(self.model, placed.hardware, self.plan.tp, self.dtype, config.profile_dir)
         self.latency = CachedLatency(latency)
         self.astra: AstraConfig = astra_config_for_instance(cluster, placed, self.plan.comm_groups())
-        self.engine = Engine(self.astra, npus=self.plan.npus, comm_groups=self.plan.comm_groups())
+        self.engine = Engine(
+            self.astra,
+            npus=self.plan.npus,
+            comm_groups=self.plan.comm_groups(),
+            record_node_times=config.record_timeline,
+        )
         self.stage0_ranks = [self.plan.rank(0, t) for t in range(self.plan.tp)]
         self.stage0: list[GraphHandle] = []
         self.inflight: dict[int, tuple[ScheduledBatch, int, int, WorkloadHandle]] = {}
@@ -265,7 +274,14 @@ class ServingLoop:
             network = NetworkConfig(
                 ["FullyConnected"], [npus], [float(self.cluster.link_bw)], [float(self.cluster.link_latency)]
             )
-            self.link = Engine(AstraConfig(network), npus=npus)
+            self.link = Engine(AstraConfig(network), npus=npus, record_node_times=config.record_timeline)
+        self.timeline: NodeTimeline | None = None
+        if config.record_timeline:
+            self.timeline = NodeTimeline(self.cluster.total_npus)
+            for inst in self.instances:
+                self.timeline.attach(inst.engine, inst.placed.npu_ids)
+            if self.link is not None:
+                self.timeline.attach(self.link, range(self.cluster.total_npus))
         self.requests = sorted(config.requests, key=lambda r: (r.arrival_ns, r.request_id))
         ids = [r.request_id for r in self.requests]
         if len(set(ids)) != len(ids):
@@ -339,7 +355,10 @@ class ServingLoop:
         workload = inst.build_workload(batch, iteration_id)
         inst.nodes += sum(len(graph.nodes) for graph in workload.graphs)
         kv_blocks = inst.scheduler.kv.pool.num_used_blocks
-        handle = inst.engine.add_workload(workload, self.now, label=(inst.instance_id, batch.batch_id))
+        graphs: Workload | list[Graph] = workload
+        if self.timeline is not None:
+            graphs = self.timeline.renumber(workload.graphs, inst.placed.npu_ids, f"batch {batch.batch_id}")
+        handle = inst.engine.add_workload(graphs, self.now, label=(inst.instance_id, batch.batch_id))
         batch_id = batch.batch_id
 
         engine = inst.engine
@@ -432,6 +451,9 @@ class ServingLoop:
         transfer_id = self.next_transfer_id  # unique, so its messages' tags are too
         self.next_transfer_id += 1
         graphs = _transfer_graphs(self.cluster.total_npus, messages, transfer_id)
+        if self.timeline is not None:
+            everyone = range(self.cluster.total_npus)
+            graphs = self.timeline.renumber(graphs, everyone, f"kv {request.request_id}", link=True)
         assert self.link is not None
         handle = self.link.add_workload(graphs, tick, label=f"KV transfer of {request.describe()}")
         key = tuple(messages)
@@ -446,7 +468,7 @@ class ServingLoop:
 
     def _transfer_arrived(self, request: Request, src: int, dst: int, start: int, info: tuple) -> None:
         end, messages, transfer_id = info
-        self.transfers.append(KvTransfer(request.request_id, src, dst, start, end, messages))
+        self.transfers.append(KvTransfer(request.request_id, src, dst, start, end, messages, transfer_id))
         if self.trace_writer is not None:
             self.trace_writer.add_transfer(self.transfers[-1])
         target = self.instances[dst]
@@ -526,6 +548,7 @@ class ServingLoop:
             interval_log=self.log,
             transfers=self.transfers,
             nodes_simulated=sum(inst.nodes for inst in self.instances),
+            timeline=self.timeline,
         )
 
     def _check_all_finished(self) -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from astra_driver.cluster_config import ClusterConfig, load_cluster_config
 from astra_driver.paths import check_output_path
+from astra_driver.report.outputs import TimelineRequest, write_timelines
+from astra_driver.report.serving_timeline import serving_tracks
 from astra_driver.serving.loop import ServingResult, ServingRunConfig, run_serving
 from astra_driver.serving.metrics import (
     NS_PER_S,
@@ -50,6 +53,7 @@ class RunRequest:
     log_interval_s: float | None = None
     keep_traces: Path | None = None
     show_progress: bool | None = None  # None: on a terminal only
+    timeline: TimelineRequest | None = None  # --timeline / --timeline-png and their options
 
 
 @dataclass
@@ -88,6 +92,8 @@ def serve(
         cluster = load_cluster_config(request.cluster_config, dtype=request.dtype)
     if requests is None:
         requests = load_workload(request.dataset)
+    if request.timeline is not None:
+        check_timeline_npus(request.timeline, cluster.total_npus)
     interval_ns = round(request.log_interval_s * NS_PER_S) if request.log_interval_s else None
     with ServingProgress(len(requests), enabled=request.show_progress) as progress:
         config = ServingRunConfig(
@@ -105,6 +111,7 @@ def serve(
             emit=emit,
             keep_traces_dir=request.keep_traces,
             progress=progress.update if progress.enabled else None,
+            record_timeline=request.timeline is not None and request.timeline.wanted,
         )
         result = run_serving(config)
     if request.output is not None:
@@ -112,7 +119,31 @@ def serve(
         write_requests_csv(request.output, result.requests, names)
         if result.interval_log is not None:
             write_interval_csv(interval_log_path(request.output), result.interval_log.rows)
+    if result.timeline is not None and request.timeline is not None:
+        write_serving_timeline(request.timeline, result, str(cluster.source))
     return RunOutcome(result, summarize(result))
+
+
+def check_timeline_npus(timeline: TimelineRequest, total_npus: int) -> None:
+    """--timeline-npus names NPUs of the cluster (checked before the run, not after it)."""
+    missing = sorted(rank for rank in timeline.npus or () if rank >= total_npus)
+    if missing:
+        raise PipesimError(f"--timeline-npus: NPU {missing[0]} is not in the cluster (its NPUs are 0-{total_npus - 1})")
+
+
+def write_serving_timeline(timeline: TimelineRequest, result: Any, cluster_config: str) -> None:
+    """The run's (or replay's) timeline files: every NPU's nodes, batch-prefixed, plus per instance its
+    iterations and requests (report/serving_timeline.py). Records and requests go in a fixed order, so a run and
+    its builtin replay write the same file."""
+    iterations = sorted(result.iterations, key=lambda r: (r.instance_id, r.start_ns, r.batch_id))
+    requests = sorted(result.requests, key=lambda r: r.request_id)
+    write_timelines(
+        timeline,
+        result.timeline.node_times(timeline.window),
+        facts=result.timeline.facts,
+        tracks=serving_tracks(iterations, requests),
+        metadata={"cluster_config": cluster_config, "requests": len(requests), "iterations": len(iterations)},
+    )
 
 
 def simulate(
@@ -120,15 +151,22 @@ def simulate(
     backend: str = "builtin",
     output: Path | None = None,
     options: object = None,
+    timeline: TimelineRequest | None = None,
 ):
-    """Replay a --keep-traces folder and recompute the metrics (and the per-request CSV when `output`)."""
+    """Replay a --keep-traces folder and recompute the metrics (and the per-request CSV when `output`; the
+    timeline files when `timeline` asks for them: builtin backend only)."""
     from astra_driver.serving.traces import read_manifest, simulate_traces
 
     if output is not None:
         check_output_path(output, "--output")
-    result = simulate_traces(directory, backend, options)
+    record = timeline is not None and timeline.wanted
+    if record:
+        check_timeline_npus(timeline, read_manifest(directory)["total_npus"])
+    result = simulate_traces(directory, backend, options, record_timeline=record)
+    manifest = read_manifest(directory)
     if output is not None:
         names = {inst.instance_id: inst.model_name for inst in result.instances}
         write_requests_csv(output, result.requests, names)
-    manifest = read_manifest(directory)
+    if record:
+        write_serving_timeline(timeline, result, manifest["cluster_config"])
     return result, summarize(result), manifest

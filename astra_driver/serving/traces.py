@@ -33,6 +33,7 @@ from astra_driver.astra_files import COMM_GROUPS_FILE, MEMORY_FILE, NETWORK_FILE
 from astra_driver.engine import Engine
 from astra_driver.paths import check_output_path
 from astra_driver.serving.metrics import IterationRecord
+from astra_driver.serving.node_timeline import NodeTimeline
 from astra_driver.serving.request import Request, RequestStatus
 from astra_driver.serving.scheduler import SchedulerStats
 from llm_converter.chakra.reader import read_workload
@@ -153,6 +154,7 @@ class TraceWriter:
                 "start_ns": transfer.start_ns,
                 "end_ns": transfer.end_ns,
                 "messages": [list(m) for m in transfer.messages],
+                "transfer_id": transfer.transfer_id,
             }
         )
 
@@ -229,6 +231,7 @@ class ReplayResult:
     backend: str
     max_abs_diff_ns: int  # largest |replayed - recorded| iteration end
     nodes_simulated: int = 0  # nodes of the iteration graphs replayed
+    timeline: NodeTimeline | None = None  # with record_timeline: per-NPU node times
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -269,19 +272,29 @@ def _instance_config(directory: Path, instance: dict[str, Any]) -> AstraConfig:
     return AstraConfig(NetworkConfig(net["topology"], net["npus_count"], net["bandwidth"], net["latency"]))
 
 
-def simulate_traces(directory: Path | str, backend: str = "builtin", options: Any = None) -> ReplayResult:
-    """Replay a run's traces and recompute its metrics (see the module docstring for how)."""
+def simulate_traces(
+    directory: Path | str, backend: str = "builtin", options: Any = None, record_timeline: bool = False
+) -> ReplayResult:
+    """Replay a run's traces and recompute its metrics (see the module docstring for how). With
+    record_timeline (builtin only), result.timeline holds every node's times, as the run's would."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     instances = manifest["instances"]
     iterations = manifest["iterations"]
+    timeline = NodeTimeline(manifest["total_npus"]) if record_timeline else None
     if backend == "builtin":
-        ends, nodes = _replay_builtin(directory, instances, iterations)
+        ends, nodes = _replay_builtin(directory, instances, iterations, timeline)
     else:
+        if timeline is not None:
+            raise PipesimError(
+                f"--timeline: simulate records node times on the builtin backend only (it reproduces the run "
+                f"exactly), not on {backend}; drop --backend, or run `pipesim replay --timeline` on one iteration"
+            )
         ends, nodes = _replay_composed(directory, instances, iterations, backend, options)
-    transfers_end = _replay_transfers(manifest)
+    transfers_end = _replay_transfers(manifest, timeline)
     result = _rebuild(manifest, ends, transfers_end, backend)
     result.nodes_simulated = nodes
+    result.timeline = timeline
     return result
 
 
@@ -295,7 +308,9 @@ def _read_iteration(directory: Path, iteration: dict[str, Any], npus: int) -> Wo
     return workload
 
 
-def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dict]) -> tuple[list[int], int]:
+def _replay_builtin(
+    directory: Path, instances: list[dict], iterations: list[dict], timeline: NodeTimeline | None = None
+) -> tuple[list[int], int]:
     """Each instance's iterations onto one running engine at their launch ticks: end tick per iteration."""
     ends: list[int | None] = [None] * len(iterations)
     nodes = 0
@@ -304,7 +319,9 @@ def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dic
         by_instance.setdefault(it["instance_id"], []).append(index)
     for instance in instances:
         config = _instance_config(directory, instance)
-        engine = Engine(config, npus=instance["num_npus"])
+        engine = Engine(config, npus=instance["num_npus"], record_node_times=timeline is not None)
+        if timeline is not None:
+            timeline.attach(engine, instance["npu_ids"])
         with paused_gc():
             for index in by_instance.get(instance["instance_id"], []):
                 it = iterations[index]
@@ -313,7 +330,10 @@ def _replay_builtin(directory: Path, instances: list[dict], iterations: list[dic
                     engine.run_until(start)
                 workload = _read_iteration(directory, it, instance["num_npus"])
                 nodes += workload.node_count()
-                handle = engine.add_workload(workload, start, label=it["prefix"])
+                graphs: Workload | list = workload
+                if timeline is not None:
+                    graphs = timeline.renumber(workload.graphs, instance["npu_ids"], f"batch {it['batch_id']}")
+                handle = engine.add_workload(graphs, start, label=it["prefix"])
 
                 def done(_: Any, tick: int, index: int = index) -> None:
                     ends[index] = tick
@@ -373,7 +393,7 @@ def _replay_composed(
     return ends, 0
 
 
-def _replay_transfers(manifest: dict[str, Any]) -> list[int]:
+def _replay_transfers(manifest: dict[str, Any], timeline: NodeTimeline | None = None) -> list[int]:
     """KV transfers on the cluster link, each at its recorded start: end tick per transfer (builtin engine)."""
     transfers = manifest["transfers"]
     if not transfers:
@@ -386,13 +406,21 @@ def _replay_transfers(manifest: dict[str, Any]) -> list[int]:
             NetworkConfig(["FullyConnected"], [npus], [float(manifest["link_bw"])], [float(manifest["link_latency"])])
         ),
         npus=npus,
+        record_node_times=timeline is not None,
     )
+    if timeline is not None:
+        timeline.attach(engine, range(npus))
     ends: list[int] = [0] * len(transfers)
-    for index, transfer in sorted(enumerate(transfers), key=lambda item: item[1]["start_ns"]):
+    for index, transfer in sorted(
+        enumerate(transfers), key=lambda item: (item[1]["start_ns"], item[1].get("transfer_id", item[0]))
+    ):
         if transfer["start_ns"] > engine.now:
             engine.run_until(transfer["start_ns"])
         messages = [tuple(m) for m in transfer["messages"]]
-        handle = engine.add_workload(_transfer_graphs(npus, messages, index), transfer["start_ns"])
+        graphs = _transfer_graphs(npus, messages, transfer.get("transfer_id", index))  # the run's tags
+        if timeline is not None:
+            graphs = timeline.renumber(graphs, range(npus), f"kv {transfer['request_id']}", link=True)
+        handle = engine.add_workload(graphs, transfer["start_ns"])
 
         def done(_: Any, tick: int, index: int = index) -> None:
             ends[index] = tick
