@@ -1,7 +1,7 @@
-# pipesim in a container. The working folder is a mount; run as yourself so outputs are yours:
+# pipesim in a container. The working folder is a mount; pipesim runs as its owner, so outputs are yours:
 #
 #   docker build -t pipesim .                       # or: make docker
-#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/work" -w /work pipesim trace --help
+#   docker run --rm -v "$PWD:/work" -w /work pipesim trace --help   # runs as the owner of $PWD
 #
 # Build arguments (docs/backends.md, "pipesim in a container"):
 #   BASE_IMAGE       a Python 3.11 image with pip and venv (default python:3.11-slim; python-local:3.11 offline)
@@ -66,7 +66,9 @@ ENV PATH=/opt/pipesim/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     PYTHONDONTWRITEBYTECODE=1 \
     ASTRA_SIM_BIN=${ASTRA_SIM_BIN:+/usr/local/bin/astra-sim}
-USER pipesim
+# Started as root, the entrypoint runs pipesim as the owner of the working folder (docker/entrypoint.sh).
+COPY docker/entrypoint.sh /usr/local/bin/pipesim-entrypoint
+RUN mkdir -p /work && chown pipesim:pipesim /work && chmod 755 /usr/local/bin/pipesim-entrypoint
 WORKDIR /work
-ENTRYPOINT ["pipesim"]
+ENTRYPOINT ["pipesim-entrypoint"]
 CMD ["--help"]

@@ -230,7 +230,7 @@ def test_dockerfile_builds_offline_and_runs_in_a_mounted_folder(tmp_path: Path, 
     context.mkdir()
     for name in ("pyproject.toml", "README.md", "Dockerfile", ".dockerignore"):
         shutil.copy(REPO / name, context / name)
-    for package in ("llm_converter", "astra_driver"):
+    for package in ("llm_converter", "astra_driver", "docker"):
         shutil.copytree(REPO / package, context / package, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", ".", "-w", "build/wheelhouse"],
@@ -305,6 +305,13 @@ def test_dockerfile_builds_offline_and_runs_in_a_mounted_folder(tmp_path: Path, 
         assert served.returncode == 0, served.stderr
         assert len((work / "out" / "requests.csv").read_text().splitlines()) == 1 + 12  # header + 12 requests
         outputs += [work / "out" / "requests.csv"]
+        # The command has no --user: pipesim then runs as the mount's owner (docker/entrypoint.sh).
+        plain = _docker(
+            "run", "--rm", "-v", f"{work}:/work", "-w", "/work", tag,
+            "trace", "--cluster-config", "cluster.json", "--prefill", "64", "--name", "plain", "--out-dir", "traces",
+        )  # fmt: skip
+        assert plain.returncode == 0, plain.stderr
+        outputs += [*(work / "traces" / "plain").rglob("*")]
         assert len(outputs) > 3
         for path in outputs:
             assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
