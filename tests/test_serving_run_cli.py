@@ -16,6 +16,7 @@ from astra_driver.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PP2 = REPO / "configs/cluster/single_node_pp_instance.json"
+TP1 = REPO / "configs/cluster/single_node_single_instance.json"
 DATASET = REPO / "configs/workloads/example_trace.jsonl"
 
 
@@ -122,3 +123,39 @@ def test_too_long_request_fails_before_the_run(tmp_path: Path, capsys: pytest.Ca
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{dataset.name}:{len(lines)}" in err and "max_model_len" in err
     assert not output.exists()
+
+
+PD = REPO / "configs/cluster/pd_llama8b_rtxpro6000.json"
+
+
+def test_pd_cluster_config_runs_and_names_the_roles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bundled P/D config (1 prefill + 1 decode Llama-3.1-8B on RTXPRO6000): every request's first token
+    at the prefill instance, the rest at the decode one; the summary says which instance does which, and the
+    run says where the interval rows went."""
+    output = tmp_path / "pd.csv"
+    code = main(["run", "--cluster-config", str(PD), "--dataset", str(DATASET), "--output", str(output),
+                 "--log-interval", "1.0"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = [line.rstrip() for line in out.splitlines()]
+    assert "Instance 0 role:                         prefill" in lines
+    assert "Instance 1 role:                         decode" in lines
+    assert f"wrote {tmp_path / 'pd.log.csv'} (" in out
+    with output.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == _requests_in(DATASET) and {row["instance id"] for row in rows} == {"1"}
+    assert main(["run", "--cluster-config", str(PD), "--dataset", str(DATASET), "--json"]) == 0
+    instances = json.loads(capsys.readouterr().out)["instances"]
+    assert [i["pd_type"] for i in instances] == ["prefill", "decode"]
+    assert instances[0]["iterations"] == _requests_in(DATASET)  # one prefill step per (short) prompt
+
+
+def test_no_chunked_prefill_flag_runs_each_prompt_in_one_step(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["run", "--cluster-config", str(TP1), "--dataset", str(DATASET), "--json", "--max-num-batched-tokens", "64"]
+    assert main(args) == 0
+    chunked = json.loads(capsys.readouterr().out)["iterations"]
+    assert main([*args, "--no-enable-chunked-prefill"]) == 2  # 64 tokens cannot hold a whole prompt: refused
+    assert "chunked prefill off" in capsys.readouterr().err
+    assert main([*args[:-2], "--no-enable-chunked-prefill"]) == 0  # default budget: max_model_len
+    whole = json.loads(capsys.readouterr().out)["iterations"]
+    assert whole < chunked

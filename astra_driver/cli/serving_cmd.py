@@ -26,6 +26,7 @@ from astra_driver.report.outputs import (
     TimelineWindowFlag,
 )
 from astra_driver.report.timeline import DEFAULT_MAX_EVENTS
+from astra_driver.serving.metrics import interval_log_path
 from astra_driver.serving.run_job import DEFAULT_DTYPE, RunRequest, serve
 from astra_driver.serving.run_job import simulate as simulate_job
 
@@ -50,6 +51,17 @@ def run(
         bool,
         typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="Prefix caching on token ids."),
     ] = True,
+    enable_chunked_prefill: Annotated[
+        bool,
+        typer.Option(
+            "--enable-chunked-prefill/--no-enable-chunked-prefill",
+            help="Split long prompts over steps (vLLM v1's default); off: a prompt is one step.",
+        ),
+    ] = True,
+    long_prefill_token_threshold: Annotated[
+        int,
+        typer.Option("--long-prefill-token-threshold", help="Most prompt tokens of one request per step (0: no cap)."),
+    ] = 0,
     routing: Annotated[
         str,
         typer.Option("--routing", help="least_loaded (fewest outstanding tokens), round_robin or random (--seed)."),
@@ -86,6 +98,8 @@ def run(
         max_num_seqs=max_num_seqs,
         num_gpu_blocks=num_gpu_blocks,
         enable_prefix_caching=enable_prefix_caching,
+        enable_chunked_prefill=enable_chunked_prefill,
+        long_prefill_token_threshold=long_prefill_token_threshold,
         routing=routing,
         seed=seed,
         profile_dir=profile_dir,
@@ -104,6 +118,8 @@ def run(
         typer.echo(outcome.summary.format())
         if output is not None:
             typer.echo(f"wrote {output} ({outcome.summary.completed} requests)")
+            if outcome.result.interval_log is not None:
+                typer.echo(f"wrote {interval_log_path(output)} ({len(outcome.result.interval_log.rows)} intervals)")
         if keep_traces is not None:
             typer.echo(f"wrote {keep_traces}/ ({len(outcome.result.iterations)} iterations)")
         _echo_timelines(timelines)

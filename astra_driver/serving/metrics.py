@@ -395,6 +395,7 @@ class InstanceStats:
     max_inflight_batches: int
     preemptions: int
     iterations: int
+    pd_type: str | None = None  # "prefill" / "decode" under P/D
 
     @property
     def peak_kv_usage(self) -> float:
@@ -467,6 +468,7 @@ class ServingSummary:
                 "instances": [
                     {
                         "instance_id": i.instance_id,
+                        "pd_type": i.pd_type,
                         "num_npus": i.num_npus,
                         "pp_size": i.pp_size,
                         "num_gpu_blocks": i.num_gpu_blocks,
@@ -519,6 +521,8 @@ class ServingSummary:
         row("Prefix cache hit rate (%):", 100 * self.prefix_cache_hit_rate, ".2f")
         row("Peak KV cache usage (%):", 100 * self.peak_kv_usage, ".2f")
         for i in self.instances:
+            if i.pd_type:
+                row(f"Instance {i.instance_id} role:", i.pd_type)  # P/D: which one prefills, which decodes
             row(f"Instance {i.instance_id} peak KV blocks:", f"{i.peak_kv_blocks}/{i.num_gpu_blocks}")
             row(f"Instance {i.instance_id} max in-flight batches:", f"{i.max_inflight_batches} (pp {i.pp_size})")
         lines.append("=" * 50)
@@ -610,6 +614,7 @@ def summarize(result: Any) -> ServingSummary:
                 max_inflight_batches=inst.max_inflight_batches,
                 preemptions=stats.preemptions,
                 iterations=iterations_per_instance.get(inst.instance_id, 0),
+                pd_type=getattr(inst, "pd_type", None),
             )
         )
     nodes = getattr(result, "nodes_simulated", 0)

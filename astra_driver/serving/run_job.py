@@ -47,6 +47,8 @@ class RunRequest:
     max_num_seqs: int | None = None
     num_gpu_blocks: int | None = None
     enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = 0
     routing: str = "least_loaded"  # LLMServingSim's default (LOAD)
     seed: int = 0
     profile_dir: Path | None = None
@@ -70,6 +72,10 @@ def check_flags(request: RunRequest) -> None:
     ):
         if value is not None and value < 1:
             raise PipesimError(f"{flag} {value}: must be >= 1")
+    if request.long_prefill_token_threshold < 0:
+        raise PipesimError(
+            f"--long-prefill-token-threshold {request.long_prefill_token_threshold}: must be >= 0 (0: no cap)"
+        )
     if request.log_interval_s is not None and not request.log_interval_s > 0:
         raise PipesimError(f"--log-interval {request.log_interval_s:g}: must be > 0 seconds of simulated time")
 
@@ -104,6 +110,8 @@ def serve(
             block_size=request.block_size,
             num_gpu_blocks=request.num_gpu_blocks,
             enable_prefix_caching=request.enable_prefix_caching,
+            enable_chunked_prefill=request.enable_chunked_prefill,
+            long_prefill_token_threshold=request.long_prefill_token_threshold,
             routing=request.routing,
             seed=request.seed,
             profile_dir=request.profile_dir,
