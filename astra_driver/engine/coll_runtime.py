@@ -145,23 +145,30 @@ class CollectiveRuntime:
         T running chunks finishes: a min-heap of running finish ticks per member. With T = 1 that is chunk j - 1's
         finish. The collective is done on a member when its last chunk finishes.
         """
-        threshold = self._threshold
         issue_ticks = [instance.issued[member][1] for member in line]
+        done = self._single_phase_finishes(plan, line, issue_ticks, instance.chunks)
+        for position, member in enumerate(line):
+            index = instance.issued[member][0]
+            del self.ranks[member].colls_left[index]
+            self._push(done[position], E_DONE, member, index)
+
+    def _single_phase_finishes(
+        self, plan: PhasePlan, line: tuple[int, ...], issue_ticks: list[int], chunks: int
+    ) -> list[int]:
+        """Per member of `line`, the tick a one-phase collective issued at `issue_ticks` finishes (no side effect
+        on the simulation: the fast path of astra_driver.engine.fast_path calls it too)."""
+        threshold = self._threshold
         # The result only depends on the issue ticks relative to the earliest: memoised (serving iterations
         # repeat the same TP all-reduces thousands of times).
         base = min(issue_ticks)
         relative = tuple(t - base for t in issue_ticks)
-        memo_key = (plan, line, relative, instance.chunks)
+        memo_key = (plan, line, relative, chunks)
         memo = self._single_cache.get(memo_key)
         if memo is not None:
-            for position, member in enumerate(line):
-                index = instance.issued[member][0]
-                del self.ranks[member].colls_left[index]
-                self._push(base + memo[position], E_DONE, member, index)
-            return
+            return [base + finish for finish in memo]
         running: list[list[int]] = [[] for _ in line]
         done = list(issue_ticks)
-        for chunk in range(instance.chunks):
+        for chunk in range(chunks):
             if chunk < threshold:
                 starts = issue_ticks
             elif threshold == 1:
@@ -179,10 +186,7 @@ class CollectiveRuntime:
         if len(self._single_cache) >= PHASE_CACHE_LIMIT:
             self._single_cache.clear()
         self._single_cache[memo_key] = [finish - base for finish in done]
-        for position, member in enumerate(line):
-            index = instance.issued[member][0]
-            del self.ranks[member].colls_left[index]
-            self._push(done[position], E_DONE, member, index)
+        return done
 
     def _line(self, rank: int, dim: int) -> tuple[int, ...]:
         line = self._lines.get((rank, dim))

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from astra_driver.astra_config import AstraConfig
-from astra_driver.engine import compaction, diagnostics
+from astra_driver.engine import compaction, diagnostics, fast_path
 from astra_driver.engine.coll_runtime import CollectiveRuntime, _Instance, _Stream
 from astra_driver.engine.collectives import (
     A2A,
     AG,
     AR,
+    DOUBLE_BINARY_TREE,
     RS,
     PhasePlan,
 )
@@ -48,6 +49,7 @@ E_DONE = 0  # node finished: (rank, node index)
 E_ACTIVATE = 1  # graph added at a later tick: (rank, graph number)
 E_PHASE = 2  # a collective chunk finished its current phase on a rank: (rank, stream)
 E_WAKE = 3  # run_until bookkeeping: nothing to do
+E_FAST = 4  # a graph of a fast-path workload finished: (rank, GraphHandle) (astra_driver/engine/fast_path.py)
 
 _SIMULATED = frozenset(int(kind) for kind in SIMULATED_COLLECTIVES)  # ints: the hot loop compares ints
 _COMP = int(NodeType.COMP_NODE)
@@ -242,6 +244,16 @@ class Engine(CollectiveRuntime):
             RS: _per_dim(system.reduce_scatter_implementation, dims),
             A2A: _per_dim(system.all_to_all_implementation, dims),
         }
+        # Whole-workload fast path (fast_path.py): on unless node times are recorded or a subclass times nodes.
+        self.fast_path = (
+            not record_node_times
+            and not system.replay_only
+            and not system.roofline_enabled
+            and type(self)._classify is Engine._classify
+            and not any(name == DOUBLE_BINARY_TREE for names in self._impls.values() for name in names)
+        )
+        self._fast: fast_path.FastRun | None = None  # the fast-path workload in flight
+        self._replay: fast_path.FastRun | None = None  # set while materialize() replays one
         self._strides = [1] * dims
         for dim in range(1, dims):
             self._strides[dim] = self._strides[dim - 1] * self.network.counts[dim - 1]
@@ -267,7 +279,11 @@ class Engine(CollectiveRuntime):
         if len(targets) != len(items):
             raise PipesimError(f"add_workload: {len(items)} graphs but {len(targets)} ranks")
         at = self.now if at_ns is None else int(at_ns)
+        if self._fast is not None:
+            fast_path.materialize(self)
         handle = WorkloadHandle(label, at, [], len(items), on_done, check_sends)
+        if self.fast_path and at >= self.now and fast_path.try_run(self, items, targets, at, handle):
+            return handle
         for rank, graph in zip(targets, items, strict=True):
             handle.graphs.append(self.add_graph(rank, graph, at, _workload=handle))
         if not items:
@@ -289,6 +305,16 @@ class Engine(CollectiveRuntime):
         at = self.now if at_ns is None else int(at_ns)
         if at < self.now:
             raise PipesimError(f"add_graph: at_ns {at} is before the simulation's current tick {self.now}")
+        if self._fast is not None:
+            fast_path.materialize(self)  # a whole-workload fast run is in flight: make it ordinary events first
+        handle = GraphHandle(rank, self.graphs_added, 0, 0, at, 0, None, 0, None, on_done)
+        handle.workload = _workload
+        self.graphs_added += 1
+        self._load(rank, graph, at, handle)
+        return handle
+
+    def _load(self, rank: int, graph: Graph, at: int, handle: GraphHandle) -> None:
+        """Append the graph's nodes to the rank's columns under `handle`; activate it now or at `at`."""
         state = self.ranks[rank]
         nodes = graph.nodes
         first = len(state.ids)
@@ -303,9 +329,9 @@ class Engine(CollectiveRuntime):
                 if node.id in index_of:
                     raise PipesimError(f"rank {rank}: node id {node.id} appears twice; ids must be unique per graph")
                 index_of[node.id] = first + offset
-        handle = GraphHandle(rank, self.graphs_added, first, len(nodes), at, len(nodes), None, 0, nodes, on_done)
-        handle.workload = _workload
-        self.graphs_added += 1
+        handle.first = first
+        handle.count = handle.remaining = len(nodes)
+        handle.nodes = nodes
         ids, names, types = state.ids, state.names, state.types
         children = state.children
         # Columns of the new nodes, built as lists and appended at once (a third of add_graph's time was appends).
@@ -391,15 +417,14 @@ class Engine(CollectiveRuntime):
         if not nodes:
             handle.finish_ns = at
             handle.nodes = None
-            if _workload is not None:
-                _workload.remaining -= 1  # add_workload finishes an all-empty workload itself
-            return handle
+            if handle.workload is not None:
+                handle.workload.remaining -= 1  # add_workload finishes an all-empty workload itself
+            return
         state.handles.append(handle)
         if at == self.now:
             self._activate(state, handle)
         else:
             self._push(at, E_ACTIVATE, rank, handle)
-        return handle
 
     def _classify(self, rank: int, node) -> tuple[int, int, int]:
         node_type = node.type
@@ -559,6 +584,9 @@ class Engine(CollectiveRuntime):
                 self._phase_done(payload, tick)
             elif code == E_ACTIVATE:
                 self._activate(ranks[rank], payload)
+            elif code == E_FAST:
+                fast_path.graph_done(self, payload, tick)
+                self._issue(ranks[rank])
 
     def _make_ready(self, state: _Rank, index: int) -> None:
         slot = state.slots[index]
@@ -628,6 +656,8 @@ class Engine(CollectiveRuntime):
         handle.finish_ns = tick
         handle.nodes = None  # nothing looks a finished graph's nodes up again
         self._finished_front.add(handle.rank)
+        if self._replay is not None and fast_path.replayed_done(self, handle, tick):
+            return  # its callbacks already ran on the fast path
         if handle.on_done is not None:
             handle.on_done(handle, tick)
         if self.on_graph_done is not None:
