@@ -182,3 +182,25 @@ def test_console_script_ignores_signals_after_its_work_is_done(monkeypatch, caps
     assert exited.value.code == 0
     assert seen == [(cli._raise_interrupted, cli._raise_interrupted)]
     assert after == (signal.SIG_IGN, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_console_script_handles_signals_before_the_cli_imports(sig: signal.Signals, code: int) -> None:
+    """The interpreter's start and typer's import (~60 ms) came before any handler: Ctrl-C there printed a
+    KeyboardInterrupt traceback, SIGTERM ended pipesim with no line. The console script installs a handler first."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["pipesim"].split("#")[0].strip() == "astra_driver.console:run"
+    probe = (
+        "import os, signal, time\n"
+        "from astra_driver import console\n"
+        "console.install_early_handlers()\n"
+        f"os.kill(os.getpid(), {int(sig)})\n"
+        "time.sleep(10)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == code
+    assert done.stderr.splitlines() == [
+        f"pipesim: interrupted by {sig.name}; stopped (unfinished output files are not written)"
+    ]
