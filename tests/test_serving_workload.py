@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from array import array
 from pathlib import Path
 
 import pytest
 
 from astra_driver.cli import main
+from astra_driver.serving import workload as workload_module
 from astra_driver.serving.kv_cache import KVCacheManager
 from astra_driver.serving.workload import WorkloadSpec, generate_workload, load_workload, write_workload_jsonl
 from llm_converter.errors import PipesimError
@@ -34,7 +36,7 @@ def test_loads_the_bundled_example():
     assert all(r.input_token_ids is not None and len(r.input_token_ids) == r.input_tokens for r in requests)
     assert [r.arrival_ns for r in requests] == sorted(r.arrival_ns for r in requests)
     # Its requests share prefixes, so prefix caching hits on it.
-    firsts = [r.input_token_ids[:48] for r in requests]
+    firsts = [tuple(r.input_token_ids[:48]) for r in requests]
     assert len(set(firsts)) < len(firsts)
 
 
@@ -43,7 +45,7 @@ def test_loads_llmservingsim_trace(shared_dir):
     assert len(requests) == 10
     first = requests[0]
     assert (first.request_id, first.input_tokens, first.output_tokens, first.arrival_ns) == (0, 10, 70, 46926808)
-    assert first.input_token_ids == tuple(range(1, 11)) and len(first.output_token_ids) == 70
+    assert tuple(first.input_token_ids) == tuple(range(1, 11)) and len(first.output_token_ids) == 70
     assert first.source.endswith("example_trace.jsonl:1")
 
 
@@ -190,9 +192,9 @@ def test_lengths_resampled_from_a_trace():
 def test_shared_prefix_groups_hit_the_prefix_cache():
     spec = WorkloadSpec(num_requests=30, input_len=60, output_len=4, shared_prefix_groups=2, prefix_len=40, seed=4)
     requests = generate_workload(spec)
-    prefixes = {r.input_token_ids[:40] for r in requests}
+    prefixes = {tuple(r.input_token_ids[:40]) for r in requests}
     assert len(prefixes) == 2
-    assert len({r.input_token_ids[40:] for r in requests}) == 30  # the rest of each prompt is its own
+    assert len({tuple(r.input_token_ids[40:]) for r in requests}) == 30  # the rest of each prompt is its own
     a = requests[0]
     b = next(r for r in requests[1:] if r.input_token_ids[:40] == a.input_token_ids[:40])
     kv = KVCacheManager(100, block_size=16)
@@ -243,3 +245,54 @@ def test_cli_bad_source_trace_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}:2: arrival_time_ns" in err[0]
     assert not out.exists()
+
+
+_ID_LINES = [
+    '{"input_toks": 3, "output_toks": 2, "arrival_time_ns": 5, "input_tok_ids": [7,8,9]}',
+    '{"input_toks": 3, "output_toks": 2, "arrival_time_ns": 5, "input_tok_ids": [7, 8, 9], "output_tok_ids": [4, 5]}',
+    '{"input_tok_ids" : [1,2],"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [0, 31999]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [10, 01]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1,,2]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1,2,]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [-1,2]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1.0,2]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [true,2]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1 2]}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1  ,2]}',
+    '{"input_toks": 1, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [2147483648]}',
+    '{"input_toks": 3, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1,2]}',
+    '{"input_toks": 1, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": []}',
+    '{"input_toks": 2, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [1,2], "input_tok_ids": [3,4]}',
+    '{"input_toks": 1, "output_toks": 1, "arrival_time_ns": 0, "note": "\\"input_tok_ids\\": [5]"}',
+    '{"input_toks": 1, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [5], "note": "]"}',
+    '{"input_toks": 1, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [5]',
+    '[{"input_toks": 1, "output_toks": 1, "arrival_time_ns": 0, "input_tok_ids": [5]}]',
+    '{"input_toks": 1, "output_toks": 1, "arrival_time_ns": "x", "input_tok_ids": [5]}',
+]
+
+
+def _outcome(path):
+    try:
+        r = load_workload(path)[0]
+    except PipesimError as exc:
+        return str(exc)
+    ids = [None if v is None else tuple(v) for v in (r.input_token_ids, r.output_token_ids)]
+    return (r.input_tokens, r.output_tokens, r.arrival_ns, *ids)
+
+
+@pytest.mark.parametrize("line", _ID_LINES)
+def test_fast_token_id_parse_accepts_and_refuses_as_json_loads(tmp_path, monkeypatch, line):
+    # load_workload parses plain id lists with numpy; every line must come out as json.loads alone makes it.
+    path = _write(tmp_path, line)
+    fast = _outcome(path)
+    monkeypatch.setattr(workload_module, "_fast_row", lambda raw: None)
+    assert fast == _outcome(path)
+
+
+def test_loaded_and_generated_ids_are_compact_int32_arrays(shared_dir):
+    loaded = load_workload(shared_dir / "workloads" / "example_trace.jsonl")[0]
+    generated = generate_workload(WorkloadSpec(num_requests=1, input_len=9, shared_prefix_groups=1, prefix_len=4))[0]
+    for ids in (loaded.input_token_ids, loaded.output_token_ids, generated.input_token_ids):
+        assert isinstance(ids, array) and ids.typecode == "i" and ids.itemsize == 4
+    assert list(loaded.input_token_ids) == list(range(1, 11)) and len(generated.input_token_ids) == 9

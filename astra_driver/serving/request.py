@@ -2,12 +2,43 @@
 
 The scheduler owns the progress fields (status, computed tokens, generated tokens); the loop and the metrics read
 them. Times are simulated nanoseconds.
+
+Memory: a run holds every request of its workload, so per-token data is kept compact. Token ids are array('i')
+(4 B per id instead of ~36 B for a tuple of Python ints; `token_id_array`) and a finished request drops them (the
+scheduler does: nothing reads them afterwards); the output-token times are a TokenTimes (array('q'), 8 B per token).
 """
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+
+def token_id_array(ids: Iterable[int]) -> array:
+    """Token ids as array('i'): OverflowError for an id outside the signed 32-bit range (no tokenizer has one)."""
+    return array("i", ids)
+
+
+class TokenTimes(array):
+    """When each output token became available: an array('q') that also compares equal to a list or tuple of the same
+    ints, as the plain list it replaces did (the metrics index and iterate it; tests compare it with lists)."""
+
+    __slots__ = ()
+
+    def __new__(cls, values: Iterable[int] = ()) -> TokenTimes:
+        return super().__new__(cls, "q", values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return array.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class RequestStatus(Enum):
@@ -25,13 +56,13 @@ class Request:
     arrival_ns: int
     input_tokens: int
     output_tokens: int
-    input_token_ids: tuple[int, ...] | None = None
-    output_token_ids: tuple[int, ...] | None = None
+    input_token_ids: Sequence[int] | None = None  # array('i') from the workload readers; a tuple works too
+    output_token_ids: Sequence[int] | None = None
     instance_id: int = -1  # set by the router
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose KV exists or is being computed (prompt + generated)
     num_generated: int = 0  # output tokens available so far
-    token_times_ns: list[int] = field(default_factory=list)  # when each output token became available
+    token_times_ns: TokenTimes = field(default_factory=TokenTimes)  # when each output token became available
     first_scheduled_ns: int | None = None
     finish_ns: int | None = None
     num_preemptions: int = 0

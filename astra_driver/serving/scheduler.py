@@ -369,6 +369,9 @@ class Scheduler:
                 self.running.remove(request)
                 self.kv.free(request)
                 del self.requests[request.request_id]
+                # Its token ids served the prefix cache only (the cache keeps hashes, not ids): dropped, so a long run
+                # holds ids for the requests in progress, not for every request served so far.
+                request.input_token_ids = request.output_token_ids = None
                 finished.append(request)
         return finished
 
