@@ -116,6 +116,7 @@ def test_bundled_configs_load(name: str, npus: int, tp: int, pp: int, weight_byt
 
 def test_all_bundled_configs_are_covered() -> None:
     assert sorted(p.name for p in CLUSTER_DIR.glob("*.json")) == [
+        "pd_llama8b_rtxpro6000.json",  # 1 prefill + 1 decode instance: tests/test_serving_run_cli.py runs it
         "single_node_pp_instance.json",
         "single_node_single_instance.json",
         "tp2.json",
