@@ -258,23 +258,23 @@ class Scheduler:
         fast = self._fast_path
         size, req_blocks, num_cached = kv.block_size, kv.req_to_blocks, kv.num_cached_block
         caching = kv.enable_caching
-        index = 0
-        while index < len(running) and budget > 0:
-            request = running[index]
+        make_entry = tuple.__new__  # BatchEntry(...) without the Python-level NamedTuple constructor: 1 per entry
+        # Victims are popped from the tail, never before the current request, so iterating the list as it shrinks
+        # visits exactly the requests still running (the iterator stops at the new end).
+        for request in running:
             request_id = request.request_id
             if request_id in busy:
-                index += 1
                 continue
             computed = request.num_computed_tokens
             num_tokens = request.input_tokens + request.num_generated
             num_new = num_tokens - computed
-            if 0 < threshold < num_new:
-                num_new = threshold
-            if num_new > budget:
-                num_new = budget
             if num_new <= 0:
-                index += 1
                 continue
+            if num_new > 1:  # a decode (1 token) is never capped: threshold and budget are >= 1
+                if 0 < threshold < num_new:
+                    num_new = threshold
+                if num_new > budget:
+                    num_new = budget
             need = computed + num_new
             if not (
                 fast
@@ -292,12 +292,13 @@ class Scheduler:
                 if victim_was_self:
                     break
             is_decode = num_new == 1 and computed == num_tokens - 1 and request.num_generated > 0
-            entries.append(BatchEntry(request_id, num_new, computed, not is_decode, need == num_tokens))
+            entries.append(make_entry(BatchEntry, (request_id, num_new, computed, not is_decode, need == num_tokens)))
             request.num_computed_tokens = need
             busy.add(request_id)
             members.append((request, request.num_preemptions))
             budget -= num_new
-            index += 1
+            if budget <= 0:
+                break
 
         # Waiting requests, first come first served; none when this step preempted (vLLM does the same).
         if not preempted_any:
@@ -355,24 +356,25 @@ class Scheduler:
         if members is None:
             raise ValueError(f"batch {batch.batch_id} is not in flight")
         finished: list[Request] = []
+        busy = self._busy
         for (request, preemptions), entry in zip(members, batch.entries, strict=True):
-            self._busy.discard(request.request_id)
-            if request.num_preemptions != preemptions:
-                continue  # preempted while in flight: the work is lost, the request recomputes from scratch
-            if not entry.samples_token:
-                continue
-            request.num_generated += 1
+            busy.discard(request.request_id)
+            if request.num_preemptions != preemptions or not entry.samples_token:
+                continue  # preempted while in flight (the work is lost, it recomputes from scratch), or no token
+            generated = request.num_generated + 1
+            request.num_generated = generated
             request.token_times_ns.append(now_ns)
-            if request.num_generated >= request.output_tokens:
+            if generated >= request.output_tokens:
                 request.status = RequestStatus.FINISHED
                 request.finish_ns = now_ns
-                self.running.remove(request)
                 self.kv.free(request)
                 del self.requests[request.request_id]
                 # Its token ids served the prefix cache only (the cache keeps hashes, not ids): dropped, so a long run
                 # holds ids for the requests in progress, not for every request served so far.
                 request.input_token_ids = request.output_token_ids = None
                 finished.append(request)
+        if finished:  # one pass over the running list, not one list.remove per finished request
+            self.running[:] = [r for r in self.running if r.status is not RequestStatus.FINISHED]
         return finished
 
     @property
