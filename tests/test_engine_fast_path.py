@@ -60,6 +60,13 @@ def _workload(
         template.append((scope, [rng.choice([0, 1, 2, 7]) for _ in range(npus)]))
     involved = [True, False] if two_dims and rng.random() < 0.5 else None
     group_of = {rank: name for name, members in groups.items() for rank in members}
+    if (whole or len(chosen) == 1) and rng.random() < 0.5:
+        # One chain shared by every rank (what the converter builds for a TP stage): the lockstep walk.
+        for _, durations in template:
+            durations[:] = [durations[0]] * npus
+        builder = GraphBuilder(ranks[0])
+        _chain(builder, template, rng, None if whole else group_of[ranks[0]], kinds, involved)
+        return [Graph(rank=rank, nodes=builder.graph.nodes) for rank in ranks]
     graphs = []
     for rank in ranks:
         builder = GraphBuilder(rank)
@@ -74,6 +81,17 @@ def _workload(
             last = builder.comp("tail", rng.choice([0, 3]), [last])
         graphs.append(builder.graph)
     return graphs
+
+
+def _chain(builder: GraphBuilder, template: list, rng: random.Random, pg: str | None, kinds: dict, involved) -> None:
+    last = None
+    for scope, durations in template:
+        last = builder.comp(f"c{last}", durations[0], [] if last is None else [last])
+        if scope != "none":
+            kind, size = kinds["all" if pg is None else pg]
+            last = builder.collective(f"x{last}", kind, size, [last], pg, involved if pg is None else None)
+    if rng.random() < 0.5:
+        builder.comp("tail", rng.choice([0, 3]), [last])
 
 
 def _run(seed: int, fast: bool) -> tuple[list, list, list]:

@@ -21,6 +21,7 @@ simulation is the general one. tests/test_engine_fast_path.py checks both paths 
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,10 +64,22 @@ def try_run(engine: Engine, graphs: list[Graph], ranks: list[int], at: int, work
     for state in engine.ranks:
         if state.remaining:
             return False
-    for rank, graph in zip(ranks, graphs, strict=True):
-        if not 0 <= rank < engine.npus or not _is_chain(graph):
+    for rank in ranks:
+        if not 0 <= rank < engine.npus:
             return False
-    timed = _walk(engine, graphs, ranks, at)
+    first = graphs[0].nodes
+    lockstep = all(graph.nodes is first or _same_nodes(graph.nodes, first) for graph in graphs[1:])
+    if lockstep:
+        if not _is_chain(graphs[0]):
+            return False
+        timed = _walk_lockstep(engine, first, ranks, at)
+    else:
+        for graph in graphs:
+            if not _is_chain(graph):
+                return False
+        timed = None
+    if timed is None:
+        timed = _walk(engine, graphs, ranks, at)
     if timed is None:
         return False
     finish, compute, seqs, priorities, order = timed
@@ -118,6 +131,98 @@ def _is_chain(graph: Graph) -> bool:
         if node_type != _COLL or node.comm_type not in _SIMULATED or not node.comm_size or node.comm_size <= 0:
             return False
     return True
+
+
+def _same_nodes(nodes: list, first: list) -> bool:
+    return len(nodes) == len(first) and all(map(operator.is_, nodes, first))
+
+
+def _walk_lockstep(engine: Engine, nodes: list, ranks: list[int], at: int):
+    """_walk for graphs that share their nodes (a TP stage's ranks: the converter builds the chain once) and whose
+    collectives all run in one group made of exactly these ranks: every rank issues each collective at the same
+    tick, so one walk times them all, as long as each collective's members all finish at one tick (else None:
+    the general walk takes over). The completion order is kept as a permutation of the graphs: a compute or a
+    phase-less collective keeps it; a one-phase collective reorders by line (lines in the order their last
+    trigger ran), then by place in the line (see _walk's keys)."""
+    count = len(ranks)
+    graph_of_rank = {rank: g for g, rank in enumerate(ranks)}
+    rank_set = frozenset(ranks)
+    t = at
+    compute = 0
+    collectives = 0
+    order = list(range(count))
+    plans: dict[tuple, tuple] = {}  # (pg_name, type, size, involved) -> (group, phases, chunks, lines, orders)
+    seqs: dict[str, int] = {}
+    first_rank = ranks[0]
+    states = engine.ranks
+    for node in nodes:
+        if node.type == _COMP:
+            duration = node.duration_micros * 1000 or 1
+            compute += duration
+            t += duration
+            continue
+        comm_type = node.comm_type
+        size = node.comm_size
+        involved = node.involved_dim
+        plan_key = (node.pg_name, comm_type, size, None if involved is None else tuple(involved))
+        planned = plans.get(plan_key)
+        if planned is None:
+            resolved = _group(engine, node.pg_name)
+            if resolved is None or resolved[2] != rank_set:
+                return None
+            group, members = resolved[0], resolved[1]
+            if group not in seqs:
+                start = states[first_rank].coll_seq.get(group, 0)
+                if any(states[rank].coll_seq.get(group, 0) != start for rank in ranks):
+                    return None
+                seqs[group] = start
+            try:
+                key = (group, seqs[group])
+                instance = engine._new_instance(key, int(comm_type), int(size), members, node, first_rank)
+            except PipesimError:
+                return None
+            phases = instance.phases
+            if len(phases) > 1:
+                return None
+            lines: list[tuple[int, ...]] = []
+            if phases:
+                plan = phases[0]
+                if plan.local:
+                    lines = [members]
+                else:
+                    for rank in ranks:
+                        line = engine._line(rank, plan.dim)
+                        if line not in lines:
+                            lines.append(line)
+            # Finishes depend on the issue ticks relative to the earliest only: one offset from the issue tick.
+            offset = 0
+            finishes = set()
+            for line in lines:
+                finishes.update(engine._single_phase_finishes(phases[0], line, [0] * len(line), instance.chunks))
+            if len(finishes) > 1:
+                return None
+            offset = finishes.pop() if finishes else 0
+            planned = (group, bool(phases), offset, [[graph_of_rank[m] for m in line] for line in lines])
+            plans[plan_key] = planned
+        group, phased, offset, line_orders = planned
+        seqs[group] += 1
+        if not phased:
+            continue
+        collectives += 1
+        t += offset
+        if len(lines) == 1:
+            order = line_orders[0]
+        else:
+            place = {g: i for i, g in enumerate(order)}
+            ranked = sorted(line_orders, key=lambda members: max(place[g] for g in members))
+            order = [g for members in ranked for g in members]
+    step = 1 if engine._policy == "LIFO" else -1 if engine._policy == "FIFO" else 0
+    rank_seqs = {}
+    for rank in ranks:
+        own = dict(states[rank].coll_seq)
+        own.update(seqs)
+        rank_seqs[rank] = own
+    return [t] * count, [compute] * count, rank_seqs, dict.fromkeys(ranks, step * collectives), order
 
 
 def _walk(engine: Engine, graphs: list[Graph], ranks: list[int], at: int):
