@@ -121,6 +121,9 @@ def test_window_keeps_only_the_overlapping_nodes(tmp_path: Path) -> None:
     assert events and all(e["args"]["issue_ns"] <= cut for e in events)
     full = _timeline(result, tmp_path)
     assert len(events) < len(_npu_events(full, 0) + _npu_events(full, 1))
+    # The file says it was cut: events_total counts the whole run, events_kept what the window kept.
+    other = document["otherData"]
+    assert other["events_total"] == full["otherData"]["events_total"] > other["events_kept"]
 
 
 def test_run_and_builtin_simulate_write_the_same_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

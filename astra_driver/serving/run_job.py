@@ -147,7 +147,7 @@ def write_serving_timeline(timeline: TimelineRequest, result: Any, cluster_confi
     requests = sorted(result.requests, key=lambda r: r.request_id)
     write_timelines(
         timeline,
-        result.timeline.node_times(timeline.window),
+        result.timeline.node_times(),  # the window is cut by write_timelines (events_total counts all)
         facts=result.timeline.facts,
         tracks=serving_tracks(iterations, requests),
         metadata={"cluster_config": cluster_config, "requests": len(requests), "iterations": len(iterations)},
