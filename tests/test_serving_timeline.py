@@ -18,6 +18,7 @@ from tests.test_serving_loop import PP2, TP1, PerTokenLatency, _document, _pd_do
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO / "configs/workloads/example_trace.jsonl"
+PD = REPO / "configs/cluster/pd_llama8b_rtxpro6000.json"  # 1 prefill + 1 decode instance
 INSTANCE_PID = 1 << 20  # first non-NPU process (report/timeline.py)
 
 
@@ -126,9 +127,12 @@ def test_window_keeps_only_the_overlapping_nodes(tmp_path: Path) -> None:
     assert other["events_total"] == full["otherData"]["events_total"] > other["events_kept"]
 
 
-def test_run_and_builtin_simulate_write_the_same_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("config", [PP2, PD], ids=["pp2", "pd"])
+def test_run_and_builtin_simulate_write_the_same_timeline(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     traces, run_json, sim_json, png = (tmp_path / n for n in ("traces", "run.json", "sim.json", "run.png"))
-    args = ["--cluster-config", str(PP2), "--dataset", str(DATASET), "--keep-traces", str(traces)]
+    args = ["--cluster-config", str(config), "--dataset", str(DATASET), "--keep-traces", str(traces)]
     assert main(["run", *args, "--timeline", str(run_json), "--timeline-png", str(png)]) == 0
     assert main(["simulate", str(traces), "--timeline", str(sim_json)]) == 0
     out = capsys.readouterr().out
