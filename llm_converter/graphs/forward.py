@@ -19,7 +19,7 @@ Two granularities, timed identically by a duration-replaying backend:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from llm_converter.errors import PipesimError
 from llm_converter.graph import CollectiveType, Graph, Node, NodeType, Workload
@@ -97,9 +97,9 @@ def micros_durations(rows: list[LayerRow]) -> list[int]:
     return durations
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One compute node of a stage and the TP collective after it (comm "none": no collective)."""
+class Step(NamedTuple):
+    """One compute node of a stage and the TP collective after it (comm "none": no collective). A NamedTuple:
+    the serving loop builds ~130 per iteration under TP, and a frozen dataclass costs several times more."""
 
     name: str
     duration_us: int
@@ -172,53 +172,81 @@ def fused_steps(ops: TimedOps, plan: ParallelPlan, hidden: int, element_bytes: i
     block = _chunks(ops.block, [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.block])
     post = _chunks(ops.post, [tp_comm(op, tp, hidden, element_bytes) for op, _ in ops.post])
     open_block = len(block) == 1 and block[0][3] == "none"  # no collective inside a block (tp 1)
+    scopes = (pre, block, post)
+    block_sig = tuple((c[3], c[5], c[6]) for c in block)
     stages: list[list[Step]] = []
     last_stage = plan.pp - 1
     for stage in range(plan.pp):
         blocks = plan.blocks_of(stage)
-        sequence: list[tuple[tuple, int]] = []  # (chunk, block)
-        if stage == 0:
-            sequence.extend((chunk, -1) for chunk in pre)
-        if open_block and len(blocks) > 1:
-            n = len(blocks)
-            ns, flops, size, _, _, first, last = block[0]
-            # The stage's blocks as one chunk: n copies of the block, named from the first to the last block.
-            sequence.append(((ns * n, flops * n, size * n, "none", 0, first, last), -2 - blocks.start))
-        else:
-            for index in blocks:
-                sequence.extend((chunk, index) for chunk in block)
-        if stage == last_stage:
-            sequence.extend((chunk, -1) for chunk in post)
+        # Which chunks make each step, and the step's names, depend on the op names and the plan only: cached.
+        key = (
+            tuple((c[3], c[5], c[6]) for c in pre) if stage == 0 else None,
+            block_sig,
+            tuple((c[3], c[5], c[6]) for c in post) if stage == last_stage else None,
+            blocks.start,
+            blocks.stop,
+            open_block,
+        )
+        layout = _layouts.get(key)
+        if layout is None:
+            layout = _layout(*key)
+            if len(_layouts) >= 4096:
+                _layouts.clear()
+            _layouts[key] = layout
         steps: list[Step] = []
         elapsed_ns = elapsed_us = 0
-        ns = flops = size = 0
-        first = None
-        for (chunk_ns, chunk_flops, chunk_bytes, comm, comm_bytes, first_name, last_name), index in sequence:
-            if index <= -2:  # the merged blocks of an open-block stage
-                start_block, end_block = -2 - index, blocks.stop - 1
-            else:
-                start_block = end_block = index
-            if first is None:
-                first = (first_name, start_block)
-            elapsed_ns += chunk_ns
-            flops += chunk_flops
-            size += chunk_bytes
-            last = (last_name, end_block)
-            if comm == "none":
-                continue
-            end_us = (elapsed_ns + 500) // 1000
-            name = _fused_name(first[0], first[1], last[0], last[1])
-            coll = collective_name(comm, last_name, end_block)
-            steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1), comm, comm_bytes, coll))
-            elapsed_us = end_us
+        for name, comm, comm_name, refs in layout:
             flops = size = 0
-            first = None
-        if first is not None:
+            for scope, index, times in refs:
+                chunk = scopes[scope][index]
+                elapsed_ns += chunk[0] * times
+                flops += chunk[1] * times
+                size += chunk[2] * times
             end_us = (elapsed_ns + 500) // 1000
-            name = _fused_name(first[0], first[1], last[0], last[1])
-            steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1)))
+            if comm == "none":
+                steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1)))
+            else:
+                steps.append(Step(name, end_us - elapsed_us, max(flops, 1), max(size, 1), comm, chunk[4], comm_name))
+            elapsed_us = end_us
         stages.append(steps)
     return stages
+
+
+# (pre, block, post chunk signatures, first block, end block, open block) -> steps: (name, comm, collective name,
+# ((scope, chunk index, repeat), ...)).
+_layouts: dict[tuple, list[tuple[str, str, str, tuple[tuple[int, int, int], ...]]]] = {}
+
+
+def _layout(pre, block, post, start: int, stop: int, open_block: bool) -> list:
+    """The steps of one stage: chunks (pre on stage 0, then every block's, then post on the last stage) are cut
+    after each collective; with no collective inside a block (tp 1) the stage's blocks are one chunk repeated."""
+    sequence = []  # (scope, chunk index, repeat, (comm, first op, last op), first block, last block)
+    if pre is not None:
+        sequence.extend((0, j, 1, sig, -1, -1) for j, sig in enumerate(pre))
+    if open_block and stop - start > 1:
+        sequence.append((1, 0, stop - start, block[0], start, stop - 1))
+    else:
+        for index in range(start, stop):
+            sequence.extend((1, j, 1, sig, index, index) for j, sig in enumerate(block))
+    if post is not None:
+        sequence.extend((2, j, 1, sig, -1, -1) for j, sig in enumerate(post))
+    layout = []
+    refs: list[tuple[int, int, int]] = []
+    first = last = None
+    for scope, j, times, (comm, first_name, last_name), first_block, last_block in sequence:
+        if first is None:
+            first = (first_name, first_block)
+        refs.append((scope, j, times))
+        last = (last_name, last_block)
+        if comm == "none":
+            continue
+        name = _fused_name(first[0], first[1], last[0], last[1])
+        layout.append((name, comm, collective_name(comm, last_name, last_block), tuple(refs)))
+        refs = []
+        first = None
+    if first is not None:
+        layout.append((_fused_name(first[0], first[1], last[0], last[1]), "none", "", tuple(refs)))
+    return layout
 
 
 def build_fused_workload(
