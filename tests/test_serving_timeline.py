@@ -134,9 +134,10 @@ def test_run_and_builtin_simulate_write_the_same_timeline(
     traces, run_json, sim_json, png = (tmp_path / n for n in ("traces", "run.json", "sim.json", "run.png"))
     args = ["--cluster-config", str(config), "--dataset", str(DATASET), "--keep-traces", str(traces)]
     assert main(["run", *args, "--timeline", str(run_json), "--timeline-png", str(png)]) == 0
-    assert main(["simulate", str(traces), "--timeline", str(sim_json)]) == 0
+    assert main(["simulate", str(traces), "--timeline", str(sim_json), "--output", str(tmp_path / "sim.csv")]) == 0
     out = capsys.readouterr().out
     assert f"wrote {run_json}" in out and f"wrote {sim_json}" in out
+    assert f"wrote {tmp_path / 'sim.csv'} (12 requests)" in out
     assert run_json.read_bytes() == sim_json.read_bytes()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     document = json.loads(run_json.read_text())

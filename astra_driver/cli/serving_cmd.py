@@ -160,6 +160,8 @@ def simulate(
         f"iteration ends {result.max_abs_diff_ns} ns"
     )
     typer.echo(summary.format())
+    if output is not None:
+        typer.echo(f"wrote {output} ({summary.completed} requests)")
     _echo_timelines(timelines)
 
 
