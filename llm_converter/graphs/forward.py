@@ -320,8 +320,12 @@ def _stage_nodes(steps: list[Step], first_id: int, pg_name: str | None) -> list[
         deps = [next_id]
         next_id += 1
         if step.comm != "none":
-            append(
-                Node(
+            # Collective nodes repeat across iterations (same position, group and bytes): shared, since nodes are
+            # never modified once built.
+            key = (next_id, step.comm_name, step.comm, step.comm_bytes, pg_name)
+            node = _collective_nodes.get(key)
+            if node is None:
+                node = Node(
                     next_id,
                     step.comm_name,
                     _COLL,
@@ -330,7 +334,13 @@ def _stage_nodes(steps: list[Step], first_id: int, pg_name: str | None) -> list[
                     comm_size=step.comm_bytes,
                     pg_name=pg_name,
                 )
-            )
+                if len(_collective_nodes) >= 1 << 16:
+                    _collective_nodes.clear()
+                _collective_nodes[key] = node
+            append(node)
             deps = [next_id]
             next_id += 1
     return nodes
+
+
+_collective_nodes: dict[tuple[int, str, str, int, str | None], Node] = {}
