@@ -31,6 +31,7 @@ from astra_driver.astra_files import COMM_GROUPS_FILE, MEMORY_FILE, NETWORK_FILE
 from astra_driver.cluster_network import DEFAULT_GPUS_PER_NODE, DEFAULT_INTER_NODE_BW_GBPS, node_network
 from astra_driver.engine import simulate
 from astra_driver.engine.core import K_TIMED, S_COMM, Engine
+from astra_driver.paths import check_replaceable_folder
 from llm_converter.chakra.writer import write_workload
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Graph, Node, NodeType, Workload
@@ -555,25 +556,14 @@ def _write_traces(build: TrainingBuild, out_dir: Path) -> list[Path]:
         config_files = write_astra_files(folder, build.astra)
         return [path.name for path in [*et_files, *config_files.values()]]
 
-    _check_replaceable(out_dir)
+    check_replaceable_folder(out_dir, "--out-dir", _is_step_output)
     return [out_dir / name for name in write_folder_atomically(out_dir, write)]
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """--out-dir is replaced whole: refuse a folder holding anything but a previous step's files."""
-    if not out_dir.is_dir():
-        return
+def _is_step_output(name: str) -> bool:
+    """What a previous step wrote into --out-dir (the folder is replaced whole)."""
     ours = {NETWORK_FILE, SYSTEM_FILE, MEMORY_FILE, COMM_GROUPS_FILE, "log"}
-    foreign = sorted(
-        entry.name
-        for entry in out_dir.iterdir()
-        if entry.name not in ours and not (entry.name.startswith(f"{WORKLOAD_PREFIX}.") and entry.suffix == ".et")
-    )
-    if foreign:
-        raise PipesimError(
-            f"--out-dir {out_dir}: holds other files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) "
-            "and would be replaced; choose an empty or new folder"
-        )
+    return name in ours or (name.startswith(f"{WORKLOAD_PREFIX}.") and name.endswith(".et"))
 
 
 def _simulate_backend(build: TrainingBuild, out_dir: Path | None) -> tuple[_Simulated, list[Path]]:
