@@ -567,20 +567,65 @@ class Engine(CollectiveRuntime):
         events = self._events
         ranks = self.ranks
         pop = heapq.heappop
-        finish_node = self._finish_node
+        push = heapq.heappush
+        start = self._start
+        record = self.record
+        if limit is None:
+            limit = 1 << 63
         while events:
             head = events[0][0]
-            if limit is not None and head > limit:
+            if head > limit:
                 return
             if self._stop and head > self.now:
                 return
-            tick, _, code, rank, payload = pop(events)
+            tick, _, code, rank, index = pop(events)
             self.now = tick
             if code == E_DONE:
+                # _finish_node then _issue, inlined: this is the engine's innermost loop.
                 state = ranks[rank]
-                finish_node(state, payload, tick)
-                self._issue(state)
-            elif code == E_PHASE:
+                slot = state.slots[index]
+                busy = state.busy
+                if slot != S_NONE:
+                    busy[slot] = False
+                if record:
+                    state.end[index] = tick
+                    state.order.append(index)
+                state.remaining -= 1
+                if tick > state.finish:
+                    state.finish = tick
+                kids = state.children[index]
+                if kids is not None and state.kinds[index] != K_STALL:
+                    pending = state.pending
+                    slots = state.slots
+                    for child in kids:
+                        left = pending[child] - 1
+                        pending[child] = left
+                        if left == 0:
+                            child_slot = slots[child]
+                            if child_slot == S_NONE:
+                                state.instant.append(child)
+                            else:
+                                push(state.ready[child_slot], child)
+                handle = state.graph_of[index]
+                handle.remaining -= 1
+                if handle.remaining == 0:
+                    self._graph_done(handle, tick)
+                if state.instant:
+                    self._issue(state)
+                    continue
+                ready = state.ready
+                if ready[0] and not busy[0]:
+                    busy[0] = True
+                    start(state, pop(ready[0]), tick)
+                if ready[1] and not busy[1]:
+                    busy[1] = True
+                    start(state, pop(ready[1]), tick)
+                if ready[2] and not busy[2]:
+                    busy[2] = True
+                    start(state, pop(ready[2]), tick)
+                continue
+            payload = index
+            if code == E_PHASE:
                 self._phase_done(payload, tick)
             elif code == E_ACTIVATE:
                 self._activate(ranks[rank], payload)
@@ -620,7 +665,8 @@ class Engine(CollectiveRuntime):
             if state.types[index] == _COMP:
                 state.compute += duration
                 state.graph_of[index].compute_ns += duration
-            self._push(tick + duration, E_DONE, state.rank, index)
+            heapq.heappush(self._events, (tick + duration, self._seq, E_DONE, state.rank, index))
+            self._seq += 1
         elif kind == K_SEND:
             self._send(state, index, tick)
         elif kind == K_RECV:
