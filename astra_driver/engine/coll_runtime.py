@@ -66,7 +66,8 @@ class CollectiveRuntime:
     # Collectives
     # ------------------------------------------------------------------------------------------------------
     def _collective(self, state: _Rank, index: int, tick: int) -> None:
-        node = self._node(state, index)
+        handle = state.graph_of[index]
+        node = handle.nodes[index - handle.first]
         rank = state.rank
         resolved = self._group_cache.get(node.pg_name)
         if resolved is None:
@@ -106,28 +107,35 @@ class CollectiveRuntime:
                 f"{COLLECTIVE_NAMES[instance.comm_type]} of {instance.size} bytes on rank {first}; every member "
                 "must issue the same collectives in the same order"
             )
-        instance.issued[rank] = (index, tick)
-        if len(instance.issued) == len(instance.members):
+        issued = instance.issued
+        issued[rank] = (index, tick)
+        everyone = len(issued) == len(instance.members)
+        if everyone:
             del self._instances[key]  # all members are in: nothing else will look it up
-        if not instance.phases:
+        phases = instance.phases
+        if not phases:
             self._push(tick, E_DONE, rank, index)
             return
         state.colls_left[index] = instance.chunks
-        if self._policy == "LIFO":
+        policy = self._policy
+        if policy == "LIFO":
             priority = state.priority
             state.priority += 1
-        elif self._policy == "FIFO":
+        elif policy == "FIFO":
             priority = state.priority
             state.priority -= 1
         else:
             priority = node.comm_priority or 0
-        if len(instance.phases) == 1:
+        if len(phases) == 1:
             # One phase (a group ring, or one involved dimension): no member of a line can finish before the
             # line's last member issues, and the comm slot keeps other collectives out of this rank's queue
             # meanwhile, so a line's whole collective is timed in one go when its last member arrives.
-            plan = instance.phases[0]
-            line = instance.members if plan.local else self._line(rank, plan.dim)
-            issued = instance.issued
+            plan = phases[0]
+            if plan.local:
+                if everyone:  # the line is the whole group
+                    self._single_phase(instance, plan, instance.members)
+                return
+            line = self._line(rank, plan.dim)
             for member in line:
                 if member not in issued:
                     return

@@ -319,8 +319,10 @@ class Engine(CollectiveRuntime):
         nodes = graph.nodes
         first = len(state.ids)
         index_of: dict[int, int] | _Offset
-        if all(node.id == position for position, node in enumerate(nodes)):
-            index_of = _Offset(first, len(nodes))  # ids 0..n-1 in order (what pipesim writes): no lookup table
+        total = len(nodes)
+        in_order = all(node.id == position for position, node in enumerate(nodes))
+        if in_order:
+            index_of = _Offset(first, total)  # ids 0..n-1 in order (what pipesim writes): no lookup table
             nodes = list(nodes)
         else:
             nodes = sorted(nodes, key=_node_id)
@@ -377,7 +379,10 @@ class Engine(CollectiveRuntime):
                 parents = list(dict.fromkeys(parents))
             count = 0
             for parent in parents:
-                parent_index = index_of.get(parent)
+                if in_order:
+                    parent_index = first + parent if 0 <= parent < total else None
+                else:
+                    parent_index = index_of.get(parent)
                 if parent_index is None:
                     missing.setdefault(index, []).append(parent)
                     count += 1
