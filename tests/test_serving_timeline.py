@@ -11,6 +11,7 @@ import pytest
 from astra_driver.cli import main
 from astra_driver.cluster_config import cluster_config_from_dict
 from astra_driver.report.outputs import TimelineRequest
+from astra_driver.report.timeline import TimeWindow
 from astra_driver.serving.loop import ServingRunConfig, run_serving
 from astra_driver.serving.request import Request
 from astra_driver.serving.run_job import write_serving_timeline
@@ -164,3 +165,44 @@ def test_bad_timeline_flags_fail_before_the_run(tmp_path: Path, capsys: pytest.C
     assert main([*args, "--timeline", str(tmp_path / "t.json"), "--timeline-max-events", "0"]) == 2
     assert "--timeline-max-events" in capsys.readouterr().err
     assert not output.exists()
+
+
+def _npu_view(document: dict) -> list[tuple]:
+    return sorted(
+        (e["pid"], e["name"], e["args"]["issue_ns"], e["args"]["end_ns"], e["args"].get("bytes"))
+        for e in document["traceEvents"]
+        if e["ph"] == "X" and e["pid"] < INSTANCE_PID
+    )
+
+
+def test_window_and_max_events_bound_what_is_replayed_yet_give_the_same_events(tmp_path: Path) -> None:
+    """The recorder keeps only the launches the window and max-events need (an idle launch before the window
+    drops the earlier ones) and replays them: the events equal those of a run recorded in full, cut after."""
+    requests = [Request(i, i * 1_000_000, 10, 3) for i in range(8)]  # each done before the next arrives
+    window = TimeWindow(2_500_000, 4_500_000)
+    cluster = cluster_config_from_dict(_document(PP2), source="test.json", dtype="float16")
+
+    def run(**timeline):
+        latency = {inst.index: PerTokenLatency() for inst in cluster.instances()}
+        fresh = [Request(r.request_id, r.arrival_ns, r.input_tokens, r.output_tokens) for r in requests]
+        config = ServingRunConfig(
+            cluster=cluster, requests=fresh, latency_models=latency, num_gpu_blocks=1000, record_timeline=True,
+            **timeline,
+        )  # fmt: skip
+        return run_serving(config)
+
+    full, bounded = run(), run(timeline_window=window)
+    kept = sum(len(source.launches) for source in bounded.timeline._sources.values())
+    assert kept < len(bounded.iterations) / 2  # only the launches around 2.5-4.5 ms
+    flags = {"window": "2500:4500"}
+    cut_full, cut_bounded = _timeline(full, tmp_path, **flags), _timeline(bounded, tmp_path, **flags)
+    assert _npu_view(cut_bounded) == _npu_view(cut_full) != []
+    assert cut_bounded["otherData"]["events_total"] == cut_full["otherData"]["events_total"]
+    assert cut_bounded["otherData"]["events_kept"] == cut_full["otherData"]["events_kept"]
+    # max_events: the replay stops adding launches once that many nodes finished; the N earliest are the same.
+    limited = run(timeline_max_events=5)
+    first_full, first_limited = _timeline(full, tmp_path, max_events=5), _timeline(limited, tmp_path, max_events=5)
+    assert _npu_view(first_limited) == _npu_view(first_full)
+    # The run itself stops keeping launches once max_events of its nodes finished: memory stays bounded.
+    assert sum(len(s.launches) for s in limited.timeline._sources.values()) < len(limited.iterations) / 2
+    assert sum(len(times) for times in limited.timeline.node_times()) < sum(len(t) for t in full.timeline.node_times())

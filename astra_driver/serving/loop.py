@@ -30,6 +30,7 @@ from astra_driver.astra_files import astra_config_for_instance
 from astra_driver.cluster_config import ClusterConfig, PlacedInstance
 from astra_driver.engine import Engine
 from astra_driver.engine.core import GraphHandle, WorkloadHandle
+from astra_driver.report.timeline import TimeWindow
 from astra_driver.serving.metrics import IntervalLog, IterationRecord
 from astra_driver.serving.node_timeline import NodeTimeline
 from astra_driver.serving.request import Request, RequestStatus
@@ -74,7 +75,9 @@ class ServingRunConfig:
     emit: Callable[[str], None] | None = None  # where interval log lines go
     keep_traces_dir: Path | None = None
     progress: Callable[[int, int], None] | None = None  # (finished requests, simulated ns), every iteration
-    record_timeline: bool = False  # keep every node's times for --timeline (ServingResult.timeline)
+    record_timeline: bool = False  # for --timeline: ServingResult.timeline replays the launches it kept
+    timeline_window: TimeWindow | None = None  # what the timeline keeps (node_timeline.py)
+    timeline_max_events: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class ServingResult:
     interval_log: IntervalLog | None = None
     transfers: list[KvTransfer] = field(default_factory=list)
     nodes_simulated: int = 0
-    timeline: NodeTimeline | None = None  # with record_timeline: per-NPU node times of every engine
+    timeline: NodeTimeline | None = None  # with record_timeline: the per-NPU node times (replayed on demand)
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,7 @@ class InstanceRun:
             latency = make_latency_model(self.model, placed.hardware, self.plan.tp, self.dtype, config.profile_dir)
         self.latency = CachedLatency(latency)
         self.astra: AstraConfig = astra_config_for_instance(cluster, placed, self.plan.comm_groups())
-        self.engine = Engine(
-            self.astra,
-            npus=self.plan.npus,
-            comm_groups=self.plan.comm_groups(),
-            record_node_times=config.record_timeline,
-        )
+        self.engine = Engine(self.astra, npus=self.plan.npus, comm_groups=self.plan.comm_groups())
         self.stage0_ranks = [self.plan.rank(0, t) for t in range(self.plan.tp)]
         self.stage0: list[GraphHandle] = []
         self.inflight: dict[int, tuple[ScheduledBatch, int, int, WorkloadHandle]] = {}
@@ -190,6 +188,7 @@ class InstanceRun:
         self.iterations = 0
         self.nodes = 0
         self.waiting_kv: list[Request] = []  # P/D decode: transferred requests waiting for KV blocks
+        self.launch_nodes: dict[int, int] = {}  # --timeline: nodes of each batch in flight
 
     @property
     def stage0_free(self) -> bool:
@@ -274,14 +273,17 @@ class ServingLoop:
             network = NetworkConfig(
                 ["FullyConnected"], [npus], [float(self.cluster.link_bw)], [float(self.cluster.link_latency)]
             )
-            self.link = Engine(AstraConfig(network), npus=npus, record_node_times=config.record_timeline)
+            self.link = Engine(AstraConfig(network), npus=npus)
         self.timeline: NodeTimeline | None = None
         if config.record_timeline:
-            self.timeline = NodeTimeline(self.cluster.total_npus)
+            timeline = NodeTimeline(self.cluster.total_npus, config.timeline_window, config.timeline_max_events)
             for inst in self.instances:
-                self.timeline.attach(inst.engine, inst.placed.npu_ids)
+                timeline.add_engine(
+                    inst.instance_id, inst.astra, inst.plan.npus, inst.placed.npu_ids, inst.plan.comm_groups()
+                )
             if self.link is not None:
-                self.timeline.attach(self.link, range(self.cluster.total_npus))
+                timeline.add_engine("link", self.link.config, npus, range(npus), link=True)
+            self.timeline = timeline
         self.requests = sorted(config.requests, key=lambda r: (r.arrival_ns, r.request_id))
         ids = [r.request_id for r in self.requests]
         if len(set(ids)) != len(ids):
@@ -355,10 +357,18 @@ class ServingLoop:
         workload = inst.build_workload(batch, iteration_id)
         inst.nodes += sum(len(graph.nodes) for graph in workload.graphs)
         kv_blocks = inst.scheduler.kv.pool.num_used_blocks
-        graphs: Workload | list[Graph] = workload
+        idle = not inst.inflight  # every earlier batch of the instance has finished
         if self.timeline is not None:
-            graphs = self.timeline.renumber(workload.graphs, inst.placed.npu_ids, f"batch {batch.batch_id}")
-        handle = inst.engine.add_workload(graphs, self.now, label=(inst.instance_id, batch.batch_id))
+            # The graphs are rebuilt (deterministically) if the timeline replays this launch: nothing held here.
+            self.timeline.launched(
+                inst.instance_id,
+                self.now,
+                f"batch {batch.batch_id}",
+                lambda: inst.build_workload(batch, iteration_id).graphs,
+                workload.node_count(),
+                idle,
+            )
+        handle = inst.engine.add_workload(workload, self.now, label=(inst.instance_id, batch.batch_id))
         batch_id = batch.batch_id
 
         engine = inst.engine
@@ -376,15 +386,19 @@ class ServingLoop:
             for graph in inst.stage0:
                 graph.on_done = stage0_done
         inst.inflight[batch_id] = (batch, self.now, kv_blocks, handle)
+        if self.timeline is not None:
+            inst.launch_nodes[batch_id] = workload.node_count()
         inst.max_inflight = max(inst.max_inflight, len(inst.inflight))
         inst.iterations += 1
         if self.trace_writer is not None:
-            self.trace_writer.add_iteration(inst, iteration_id, batch, self.now, workload)
+            self.trace_writer.add_iteration(inst, iteration_id, batch, self.now, workload, idle)
 
     # -- completions ---------------------------------------------------------------------------------------
 
     def _complete(self, inst: InstanceRun, batch_id: int, tick: int) -> None:
         batch, start, kv_blocks, _ = inst.inflight.pop(batch_id)
+        if self.timeline is not None:
+            self.timeline.finished(inst.instance_id, start, inst.launch_nodes.pop(batch_id))
         finished = inst.scheduler.finish_batch(batch, tick)
         record = IterationRecord.for_batch(
             inst.instance_id,
@@ -452,8 +466,9 @@ class ServingLoop:
         self.next_transfer_id += 1
         graphs = _transfer_graphs(self.cluster.total_npus, messages, transfer_id)
         if self.timeline is not None:
-            everyone = range(self.cluster.total_npus)
-            graphs = self.timeline.renumber(graphs, everyone, f"kv {request.request_id}", link=True)
+            nodes = sum(len(graph.nodes) for graph in graphs)
+            prefix = f"kv {request.request_id}"
+            self.timeline.launched("link", tick, prefix, lambda: graphs, nodes, idle=False)
         assert self.link is not None
         handle = self.link.add_workload(graphs, tick, label=f"KV transfer of {request.describe()}")
         key = tuple(messages)

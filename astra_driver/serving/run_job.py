@@ -120,6 +120,8 @@ def serve(
             keep_traces_dir=request.keep_traces,
             progress=progress.update if progress.enabled else None,
             record_timeline=request.timeline is not None and request.timeline.wanted,
+            timeline_window=request.timeline.window if request.timeline is not None else None,
+            timeline_max_events=request.timeline.max_events if request.timeline is not None else None,
         )
         result = run_serving(config)
     if request.output is not None:
@@ -145,12 +147,21 @@ def write_serving_timeline(timeline: TimelineRequest, result: Any, cluster_confi
     its builtin replay write the same file."""
     iterations = sorted(result.iterations, key=lambda r: (r.instance_id, r.start_ns, r.batch_id))
     requests = sorted(result.requests, key=lambda r: r.request_id)
+    tracks = serving_tracks(iterations, requests)
+    nodes = result.timeline
+    # The recorder replays only what the window and max-events keep; events_total still counts the whole run.
+    total = nodes.total_nodes + sum(len(track.spans) + len(track.instants) for track in tracks)
     write_timelines(
         timeline,
-        result.timeline.node_times(),  # the window is cut by write_timelines (events_total counts all)
-        facts=result.timeline.facts,
-        tracks=serving_tracks(iterations, requests),
-        metadata={"cluster_config": cluster_config, "requests": len(requests), "iterations": len(iterations)},
+        nodes.node_times(),
+        facts=nodes.facts,
+        tracks=tracks,
+        metadata={
+            "cluster_config": cluster_config,
+            "requests": len(requests),
+            "iterations": len(iterations),
+            "events_total": total,
+        },
     )
 
 
@@ -170,7 +181,9 @@ def simulate(
     record = timeline is not None and timeline.wanted
     if record:
         check_timeline_npus(timeline, read_manifest(directory)["total_npus"])
-    result = simulate_traces(directory, backend, options, record_timeline=record)
+    window = timeline.window if timeline is not None else None
+    limit = timeline.max_events if timeline is not None else None
+    result = simulate_traces(directory, backend, options, record, window, limit)
     manifest = read_manifest(directory)
     if output is not None:
         names = {inst.instance_id: inst.model_name for inst in result.instances}

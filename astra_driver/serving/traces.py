@@ -32,6 +32,7 @@ from astra_driver.astra_config import AstraConfig, NetworkConfig, load_astra_con
 from astra_driver.astra_files import COMM_GROUPS_FILE, MEMORY_FILE, NETWORK_FILE, SYSTEM_FILE, write_astra_files
 from astra_driver.engine import Engine
 from astra_driver.paths import check_output_path
+from astra_driver.report.timeline import TimeWindow
 from astra_driver.serving.metrics import IterationRecord
 from astra_driver.serving.node_timeline import NodeTimeline
 from astra_driver.serving.request import Request, RequestStatus
@@ -116,7 +117,9 @@ class TraceWriter:
                 }
             )
 
-    def add_iteration(self, inst: Any, iteration_id: int, batch: Any, start_ns: int, workload: Workload) -> None:
+    def add_iteration(
+        self, inst: Any, iteration_id: int, batch: Any, start_ns: int, workload: Workload, idle: bool = False
+    ) -> None:
         assert self.staging is not None
         prefix = _iteration_prefix(inst.instance_id, iteration_id)
         # Plain writes: the staging folder as a whole is renamed into place at the end (write_atomic's temporary
@@ -131,6 +134,7 @@ class TraceWriter:
             "batch_id": batch.batch_id,
             "prefix": prefix,
             "start_ns": start_ns,
+            "idle": idle,  # launched onto an idle engine (nothing of the instance in flight): timelines use it
             "entries": [
                 [e.request_id, e.num_new_tokens, e.num_context_tokens, e.is_prefill, e.samples_token]
                 for e in batch.entries
@@ -273,15 +277,22 @@ def _instance_config(directory: Path, instance: dict[str, Any]) -> AstraConfig:
 
 
 def simulate_traces(
-    directory: Path | str, backend: str = "builtin", options: Any = None, record_timeline: bool = False
+    directory: Path | str,
+    backend: str = "builtin",
+    options: Any = None,
+    record_timeline: bool = False,
+    timeline_window: TimeWindow | None = None,
+    timeline_max_events: int | None = None,
 ) -> ReplayResult:
     """Replay a run's traces and recompute its metrics (see the module docstring for how). With
-    record_timeline (builtin only), result.timeline holds every node's times, as the run's would."""
+    record_timeline (builtin only), result.timeline gives the node times the run's timeline gives."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     instances = manifest["instances"]
     iterations = manifest["iterations"]
-    timeline = NodeTimeline(manifest["total_npus"]) if record_timeline else None
+    timeline = None
+    if record_timeline:
+        timeline = NodeTimeline(manifest["total_npus"], timeline_window, timeline_max_events)
     if backend == "builtin":
         ends, nodes = _replay_builtin(directory, instances, iterations, timeline)
     else:
@@ -319,9 +330,10 @@ def _replay_builtin(
         by_instance.setdefault(it["instance_id"], []).append(index)
     for instance in instances:
         config = _instance_config(directory, instance)
-        engine = Engine(config, npus=instance["num_npus"], record_node_times=timeline is not None)
+        engine = Engine(config, npus=instance["num_npus"])
+        npus = instance["num_npus"]
         if timeline is not None:
-            timeline.attach(engine, instance["npu_ids"])
+            timeline.add_engine(instance["instance_id"], config, npus, instance["npu_ids"])
         with paused_gc():
             for index in by_instance.get(instance["instance_id"], []):
                 it = iterations[index]
@@ -330,10 +342,16 @@ def _replay_builtin(
                     engine.run_until(start)
                 workload = _read_iteration(directory, it, instance["num_npus"])
                 nodes += workload.node_count()
-                graphs: Workload | list = workload
                 if timeline is not None:
-                    graphs = timeline.renumber(workload.graphs, instance["npu_ids"], f"batch {it['batch_id']}")
-                handle = engine.add_workload(graphs, start, label=it["prefix"])
+                    timeline.launched(
+                        instance["instance_id"],
+                        start,
+                        f"batch {it['batch_id']}",
+                        lambda it=it, n=npus: _read_iteration(directory, it, n).graphs,  # read again if replayed
+                        workload.node_count(),
+                        it.get("idle", False),
+                    )
+                handle = engine.add_workload(workload, start, label=it["prefix"])
 
                 def done(_: Any, tick: int, index: int = index) -> None:
                     ends[index] = tick
@@ -406,10 +424,9 @@ def _replay_transfers(manifest: dict[str, Any], timeline: NodeTimeline | None = 
             NetworkConfig(["FullyConnected"], [npus], [float(manifest["link_bw"])], [float(manifest["link_latency"])])
         ),
         npus=npus,
-        record_node_times=timeline is not None,
     )
     if timeline is not None:
-        timeline.attach(engine, range(npus))
+        timeline.add_engine("link", engine.config, npus, range(npus), link=True)
     ends: list[int] = [0] * len(transfers)
     for index, transfer in sorted(
         enumerate(transfers), key=lambda item: (item[1]["start_ns"], item[1].get("transfer_id", item[0]))
@@ -419,7 +436,9 @@ def _replay_transfers(manifest: dict[str, Any], timeline: NodeTimeline | None = 
         messages = [tuple(m) for m in transfer["messages"]]
         graphs = _transfer_graphs(npus, messages, transfer.get("transfer_id", index))  # the run's tags
         if timeline is not None:
-            graphs = timeline.renumber(graphs, range(npus), f"kv {transfer['request_id']}", link=True)
+            count = sum(len(graph.nodes) for graph in graphs)
+            prefix = f"kv {transfer['request_id']}"
+            timeline.launched("link", transfer["start_ns"], prefix, lambda graphs=graphs: graphs, count, idle=False)
         handle = engine.add_workload(graphs, transfer["start_ns"])
 
         def done(_: Any, tick: int, index: int = index) -> None:
