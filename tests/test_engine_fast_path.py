@@ -13,6 +13,7 @@ import pytest
 
 from astra_driver.astra_config import AstraConfig, NetworkConfig, SystemConfig
 from astra_driver.engine import Engine
+from llm_converter.errors import PipesimError
 from llm_converter.graph import CollectiveType, Graph, GraphBuilder
 from llm_converter.graphs.forward import build_serving_workload
 from llm_converter.layers import LayerList, LayerRow
@@ -173,3 +174,37 @@ def test_fast_path_takes_tp_serving_iterations() -> None:
         finishes.append([(g.finish_ns, g.compute_ns) for h in (first, second) for g in h.graphs])
     assert finishes[0] == finishes[1]
     assert finishes[0][2][0] == 2 * finishes[0][0][0]
+
+
+@pytest.mark.parametrize("shape", ["fan", "cpu", "broadcast", "outsider"])
+def test_fast_path_refuses_what_it_is_not_proven_for(shape: str) -> None:
+    """Shared nodes that are no chain of GPU computes and one-group collectives take the general path (which
+    also raises the general path's error, at the same point, for a rank outside the collective's group)."""
+    builder = GraphBuilder(0)
+    a = builder.comp("a", 3)
+    b = builder.collective("x", CollectiveType.ALL_REDUCE, 4096, [a], pg_name="1")
+    if shape == "fan":
+        builder.comp("c", 2, [a, b])
+    elif shape == "cpu":
+        builder.comp("c", 2, [b])
+        builder.graph.nodes[-1].is_cpu_op = True
+    elif shape == "broadcast":
+        builder.collective("y", CollectiveType.BROADCAST, 64, [b], pg_name="1")
+        builder.graph.nodes[-1].duration_micros = 4
+    else:
+        builder.collective("y", CollectiveType.ALL_REDUCE, 64, [b], pg_name="2")
+    outcomes = []
+    for fast in (True, False):
+        engine = Engine(AstraConfig(NetworkConfig(["Ring"], [4], [50.0], [100.0])), 4, {"1": [0, 1], "2": [0, 2]})
+        engine.fast_path = fast
+        handle = engine.add_workload([Graph(rank=rank, nodes=builder.graph.nodes) for rank in (0, 1)], 0)
+        assert engine._fast is None
+        try:
+            engine.run()
+        except PipesimError as error:
+            outcomes.append((str(error), engine.now))
+            continue
+        outcomes.append([g.finish_ns for g in handle.graphs])
+    assert outcomes[0] == outcomes[1]
+    if shape == "outsider":
+        assert outcomes[0][0].startswith("rank 1 node 2 y: rank 1 is not in communicator group 2")

@@ -36,6 +36,7 @@ _COMP = int(NodeType.COMP_NODE)
 _COLL = int(NodeType.COMM_COLL_NODE)
 _SIMULATED = frozenset(int(kind) for kind in SIMULATED_COLLECTIVES)
 E_DONE, E_ACTIVATE, E_PHASE, E_FAST = 0, 1, 2, 4  # core's event codes
+NOT_CHAIN = ()  # _walk_lockstep: the graphs are no chain (no fast path), unlike None (the general walk may try)
 
 
 @dataclass(slots=True, eq=False)
@@ -70,9 +71,11 @@ def try_run(engine: Engine, graphs: list[Graph], ranks: list[int], at: int, work
     first = graphs[0].nodes
     lockstep = all(graph.nodes is first or _same_nodes(graph.nodes, first) for graph in graphs[1:])
     if lockstep:
-        if not _is_chain(graphs[0]):
-            return False
         timed = _walk_lockstep(engine, first, ranks, at)
+        if timed is NOT_CHAIN:
+            return False
+        if timed is None and not _is_chain(graphs[0]):
+            return False
     else:
         for graph in graphs:
             if not _is_chain(graph):
@@ -155,18 +158,34 @@ def _walk_lockstep(engine: Engine, nodes: list, ranks: list[int], at: int):
     seqs: dict[str, int] = {}
     first_rank = ranks[0]
     states = engine.ranks
+    if not nodes or nodes[0].data_deps:
+        return NOT_CHAIN
+    previous = -1
     for node in nodes:
+        # The chain checks of _is_chain, in the same pass.
+        node_id = node.id
+        if node_id != previous + 1 or node.ctrl_deps or node.is_cpu_op:
+            return NOT_CHAIN
+        if previous >= 0:
+            deps = node.data_deps
+            if len(deps) != 1 or deps[0] != previous:
+                return NOT_CHAIN
+        previous = node_id
         if node.type == _COMP:
             duration = node.duration_micros * 1000 or 1
             compute += duration
             t += duration
             continue
+        if node.type != _COLL:
+            return NOT_CHAIN
         comm_type = node.comm_type
         size = node.comm_size
         involved = node.involved_dim
         plan_key = (node.pg_name, comm_type, size, None if involved is None else tuple(involved))
         planned = plans.get(plan_key)
         if planned is None:
+            if comm_type not in _SIMULATED or not size or size <= 0:
+                return NOT_CHAIN
             resolved = _group(engine, node.pg_name)
             if resolved is None or resolved[2] != rank_set:
                 return None
