@@ -206,3 +206,27 @@ def test_window_and_max_events_bound_what_is_replayed_yet_give_the_same_events(t
     # The run itself stops keeping launches once max_events of its nodes finished: memory stays bounded.
     assert sum(len(s.launches) for s in limited.timeline._sources.values()) < len(limited.iterations) / 2
     assert sum(len(times) for times in limited.timeline.node_times()) < sum(len(t) for t in full.timeline.node_times())
+
+
+def test_tp2_pp2_every_npu_has_each_batch_with_its_collectives(tmp_path: Path) -> None:
+    """TP x PP: NPUs 0-1 (stage 0) start each batch at its launch, NPUs 2-3 (stage 1) end it when its tokens exist;
+    the TP collectives appear with their kind, group and bytes."""
+    result = _run(_document(REPO / "configs/cluster/tp2_pp2.json"), _requests()[:2])
+    document = _timeline(result, tmp_path)
+    records = {r.batch_id: r for r in result.iterations}
+    for npu in range(4):
+        events = _npu_events(document, npu)
+        by_batch: dict[int, list[dict]] = {}
+        for event in events:
+            by_batch.setdefault(int(event["name"].split(":")[0].removeprefix("batch ")), []).append(event["args"])
+        assert set(by_batch) == set(records)
+        for batch, args in by_batch.items():
+            if npu < 2:
+                assert min(a["issue_ns"] for a in args) == records[batch].start_ns
+            else:
+                assert max(a["end_ns"] for a in args) == records[batch].end_ns
+        collectives = [e["args"] for e in events if e["cat"] == "COMM_COLL_NODE"]
+        assert all(a["bytes"] > 0 and a["group"] for a in collectives)
+        kinds = {a["collective"] for a in collectives}
+        # Stage 0: the embedding's and every block's all-reduces; stage 1 also gathers lm_head's logits.
+        assert kinds == ({"ALL_REDUCE"} if npu < 2 else {"ALL_REDUCE", "ALL_GATHER"})
