@@ -172,3 +172,17 @@ def test_own_blocks_found_again_after_preemption_including_generated_tokens():
     r.num_computed_tokens = 0
     # Two full blocks (8 tokens: 6 prompt + 2 made-up output ids) come back from the cache.
     assert kv.get_computed_blocks(r)[1] == 8
+
+
+def test_two_copies_of_a_block_stay_findable_until_both_are_evicted():
+    # vLLM's BlockHashToBlockMap: the first copy still cached answers a lookup; evicting it leaves the other.
+    pool = KVBlockPool(5, enable_caching=True)
+    a, b, c = pool.get_new_blocks(3)
+    pool.cache_full_block(a, 7)
+    pool.cache_full_block(b, 7)
+    pool.cache_full_block(c, 8)
+    assert pool.get_cached_block(7) is a and pool.get_cached_block(8) is c
+    pool.free_blocks([a, b, c])  # free queue: the never-used block 4, then a, b, c
+    assert pool.get_new_blocks(2)[1] is a and a.block_hash is None and pool.get_cached_block(7) is b
+    assert pool.get_new_blocks(1) == [b] and pool.get_cached_block(7) is None
+    assert pool.get_cached_block(8) is c and list(pool.cached) == [8] and pool.num_evictions == 2

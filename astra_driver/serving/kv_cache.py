@@ -58,8 +58,9 @@ class KVBlockPool:
         self._next_fresh = 1
         self.free_queue: OrderedDict[int, KVBlock] = OrderedDict()
         # vLLM's BlockHashToBlockMap: two requests may compute the same block at once; both copies are cached and a
-        # lookup returns the first one still there.
-        self.cached: dict[int, dict[int, KVBlock]] = {}
+        # lookup returns the first one still there. As vLLM does, a hash with one copy maps to the block itself and
+        # only duplicates get a dict (block id -> block, insertion ordered): a dict per cached block costs 224 B.
+        self.cached: dict[int, KVBlock | dict[int, KVBlock]] = {}
         self.num_evictions = 0
 
     @property
@@ -81,8 +82,8 @@ class KVBlockPool:
 
     def get_cached_block(self, block_hash: int) -> KVBlock | None:
         copies = self.cached.get(block_hash)
-        if not copies:
-            return None
+        if copies is None or type(copies) is KVBlock:
+            return copies
         return next(iter(copies.values()))
 
     def get_new_blocks(self, count: int) -> list[KVBlock]:
@@ -120,14 +121,23 @@ class KVBlockPool:
         if block.block_hash is not None:
             return  # already cached (a prefix hit being re-registered)
         block.block_hash = block_hash
-        self.cached.setdefault(block_hash, {})[block.block_id] = block
+        copies = self.cached.get(block_hash)
+        if copies is None:
+            self.cached[block_hash] = block
+        elif type(copies) is KVBlock:
+            self.cached[block_hash] = {copies.block_id: copies, block.block_id: block}
+        else:
+            copies[block.block_id] = block
 
     def _evict(self, block: KVBlock) -> None:
         assert block.block_hash is not None
         copies = self.cached[block.block_hash]
-        del copies[block.block_id]
-        if not copies:
+        if type(copies) is KVBlock:
             del self.cached[block.block_hash]
+        else:
+            del copies[block.block_id]
+            if len(copies) == 1:
+                self.cached[block.block_hash] = next(iter(copies.values()))
         block.block_hash = None
         self.num_evictions += 1
 
