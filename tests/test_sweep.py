@@ -276,6 +276,7 @@ BASE = {"cluster_config": str(CLUSTER), "workload": WORKLOAD}
         ({"base": {"cluster_config": str(CLUSTER)}}, "base: give exactly one of dataset"),
         ({"base": {**BASE, "run": {"max_num_seq": 4}}}, "base.run.max_num_seq: not a run field"),
         ({"base": BASE, "grid": {"run.max_num_seq": [4]}}, "grid: run.max_num_seq: not a run field"),
+        ({"base": {**BASE, "run": {"timeline": "t.json"}}}, "base.run.timeline: not a run field"),  # an output
         ({"base": BASE, "grid": {f"{INSTANCE}.tp_sise": [1]}}, r"nodes\.0\.instances\.0\.tp_sise: not a cluster"),
         ({"base": BASE, "grid": {"nodes.0.instances.3.tp_size": [1]}}, r"instances\.3: the cluster config has 1 ent"),
         ({"base": BASE, "grid": {"replicas": [1]}}, "grid: replicas: not a sweep field"),
@@ -334,3 +335,17 @@ def test_a_dataset_swept_over_rate_rescales_its_arrivals(tmp_path):
     faster = serve(RunRequest(cluster_config=CLUSTER, dataset=dataset), requests=generate_workload(doubled)).summary
     assert rows[1]["mean_ttft_ms"] == pytest.approx(faster.to_json()["mean_ttft_ms"], rel=1e-3)
     assert rows[1]["duration"] < rows[0]["duration"]
+
+
+def test_sweep_and_capacity_route_like_pipesim_run_by_default():
+    import inspect
+
+    from astra_driver.cli import sweep_cmd
+
+    defaults = [
+        parameter.default
+        for command in (sweep_cmd.capacity,)
+        for name, parameter in inspect.signature(command).parameters.items()
+        if name == "routing"
+    ]
+    assert defaults == [RunRequest.routing] == ["least_loaded"]

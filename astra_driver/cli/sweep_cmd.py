@@ -71,8 +71,9 @@ def capacity(
         typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="Prefix caching on token ids."),
     ] = True,
     routing: Annotated[
-        str, typer.Option("--routing", help="round_robin, least_loaded or random (with --seed).")
-    ] = "round_robin",
+        str,
+        typer.Option("--routing", help="least_loaded (fewest outstanding tokens), round_robin or random (--seed)."),
+    ] = "least_loaded",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random router.")] = 0,
     profile_dir: Annotated[
         Path | None, typer.Option("--profile-dir", help="Measured profile bundle instead of the roofline.")

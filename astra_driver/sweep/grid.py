@@ -49,7 +49,8 @@ CLUSTER_TOP_FIELDS = tuple(ClusterSpec.model_fields)  # num_nodes, link_bw, link
 RUN_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(RunRequest)
-    if f.name not in ("cluster_config", "dataset", "output", "keep_traces", "log_interval_s", "show_progress")
+    if f.name
+    not in ("cluster_config", "dataset", "output", "keep_traces", "log_interval_s", "show_progress", "timeline")
 )
 WORKLOAD_FIELDS = tuple(f.name for f in dataclasses.fields(WorkloadSpec))
 TRAIN_FIELDS = tuple(
