@@ -31,7 +31,7 @@ def write_all_or_none(files: Iterable[tuple[Path, bytes]]) -> list[Path]:
     try:
         for path, data in files:
             staged.append((Path(path), _write_temporary(Path(path), data)))
-        with _signals_held():
+        with signals_held():
             for path, temporary in staged:
                 try:
                     os.replace(temporary, path)
@@ -74,7 +74,7 @@ _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive inside the block are raised again when it ends, to the handlers in place
     before it (pipesim's: Interrupted). Handlers, not a signal mask: with other threads running, a process signal
     goes to any thread that does not block it and Python runs its handler in the main thread anyway."""
@@ -142,10 +142,10 @@ def write_folder_atomically(destination: Path, write: Callable[[Path], T]) -> T:
     # it returns its name, and the swap moves the previous folder aside first (a signal there left it aside).
     staging = None
     try:
-        with _signals_held():  # a signal held here arrives once the name is assigned, inside this try
+        with signals_held():  # a signal held here arrives once the name is assigned, inside this try
             staging = new_staging_folder(destination)
         result = write(staging)
-        with _signals_held():
+        with signals_held():
             replace_folder(staging, destination)
     except BaseException:
         if staging is not None:

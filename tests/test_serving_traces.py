@@ -105,6 +105,20 @@ def test_failed_run_leaves_no_trace_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["requests.jsonl"]
 
 
+def test_keep_traces_replaces_a_previous_run_but_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    request = RunRequest(cluster_config=PP2, dataset=_dataset(tmp_path, 3), keep_traces=traces)
+    serve(request)
+    first = read_manifest(traces)
+    serve(request)  # a previous run's folder is replaced whole
+    assert read_manifest(traces) == first
+    (traces / "notes.txt").write_text("mine")
+    with pytest.raises(PipesimError, match=r"holds files this command did not write \(notes\.txt\)"):
+        serve(request)
+    assert (traces / "notes.txt").read_text() == "mine"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
 def test_simulate_refuses_a_folder_without_manifest(tmp_path: Path) -> None:
     with pytest.raises(PipesimError, match=MANIFEST):
         read_manifest(tmp_path)

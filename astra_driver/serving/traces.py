@@ -21,9 +21,7 @@ launch, stage 0's previous iteration and iteration k - pp (the in-flight cap).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from typing import Any
 from astra_driver.astra_config import AstraConfig, NetworkConfig, load_astra_config
 from astra_driver.astra_files import COMM_GROUPS_FILE, MEMORY_FILE, NETWORK_FILE, SYSTEM_FILE, write_astra_files
 from astra_driver.engine import Engine
-from astra_driver.paths import check_output_path
+from astra_driver.paths import check_output_path, check_replaceable_folder
 from astra_driver.report.timeline import TimeWindow
 from astra_driver.serving.metrics import IterationRecord
 from astra_driver.serving.node_timeline import NodeTimeline
@@ -41,7 +39,7 @@ from llm_converter.chakra.reader import read_workload
 from llm_converter.chakra.writer import encode_graph, et_path
 from llm_converter.errors import PipesimError
 from llm_converter.graph import Workload
-from llm_converter.io import write_atomic
+from llm_converter.io import new_staging_folder, replace_folder, signals_held, write_atomic
 from llm_converter.perf import paused_gc
 
 MANIFEST = "manifest.json"
@@ -52,6 +50,11 @@ VERSION = 1
 
 def _instance_folder(instance_id: int) -> str:
     return f"instance{instance_id}"
+
+
+def _is_trace_output(name: str) -> bool:
+    """What a previous `--keep-traces` wrote into DIR (the folder is replaced whole)."""
+    return name in (MANIFEST, ITERATIONS) or (name.startswith("instance") and name[len("instance") :].isdigit())
 
 
 def _iteration_prefix(instance_id: int, iteration_id: int) -> str:
@@ -69,6 +72,7 @@ class TraceWriter:
     def __init__(self, directory: Path, config: Any) -> None:
         self.directory = Path(directory)
         check_output_path(self.directory, "--keep-traces", folder=True)
+        check_replaceable_folder(self.directory, "--keep-traces", _is_trace_output)
         self.config = config
         self.staging: Path | None = None
         self.iteration_file: Any = None
@@ -77,9 +81,8 @@ class TraceWriter:
         self.instances: list[dict[str, Any]] = []
 
     def __enter__(self) -> TraceWriter:
-        parent = self.directory.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.new-", dir=parent))
+        with signals_held():  # a signal held here arrives once self.staging is set, so __exit__ removes it
+            self.staging = new_staging_folder(self.directory.resolve())
         self.iteration_file = (self.staging / ITERATIONS).open("w")
         return self
 
@@ -197,14 +200,9 @@ class TraceWriter:
         }
         write_atomic(self.staging / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         destination = self.directory
-        old = None
-        if destination.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.resolve().parent))
-            os.replace(destination, old / destination.name)
-        os.replace(self.staging, destination)
+        with signals_held():  # the swap moves a previous DIR aside first: it must not stop half-way
+            replace_folder(self.staging, destination.resolve())
         self.staging = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
