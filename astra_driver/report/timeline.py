@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_converter.errors import PipesimError
-from llm_converter.graph import CollectiveType, NodeType, Workload
+from llm_converter.graph import CollectiveType, Node, NodeType, Workload
 from llm_converter.io import write_atomic
 
 # Slots of one NPU, in the order their tracks are shown.
@@ -153,17 +153,25 @@ def node_facts(workload: Workload) -> list[dict[int, NodeFacts]]:
     for graph in workload.graphs:
         facts: dict[int, NodeFacts] = {}
         for node in graph.nodes:
-            kind = node.type
-            if kind == NodeType.COMM_SEND_NODE:
-                facts[node.id] = NodeFacts(node.comm_size, node.comm_dst, tag=node.comm_tag)
-            elif kind == NodeType.COMM_RECV_NODE:
-                facts[node.id] = NodeFacts(node.comm_size, node.comm_src, tag=node.comm_tag)
-            elif kind == NodeType.COMM_COLL_NODE:
-                facts[node.id] = NodeFacts(node.comm_size, None, _collective_name(node.comm_type), node.pg_name or None)
-            elif node.tensor_size is not None:
-                facts[node.id] = NodeFacts(node.tensor_size)
+            fact = facts_of(node)
+            if fact is not None:
+                facts[node.id] = fact
         table.append(facts)
     return table
+
+
+def facts_of(node: Node, peer: Callable[[int | None], int | None] = lambda rank: rank) -> NodeFacts | None:
+    """One node's bytes, peer (mapped through `peer`, e.g. to cluster NPU ids), collective and group."""
+    kind = node.type
+    if kind == NodeType.COMM_SEND_NODE:
+        return NodeFacts(node.comm_size, peer(node.comm_dst), tag=node.comm_tag)
+    if kind == NodeType.COMM_RECV_NODE:
+        return NodeFacts(node.comm_size, peer(node.comm_src), tag=node.comm_tag)
+    if kind == NodeType.COMM_COLL_NODE:
+        return NodeFacts(node.comm_size, None, _collective_name(node.comm_type), node.pg_name or None)
+    if node.tensor_size is not None:
+        return NodeFacts(node.tensor_size)
+    return None
 
 
 def _collective_name(comm_type: int | None) -> str | None:

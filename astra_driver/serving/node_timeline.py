@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 
 from astra_driver.astra_config import AstraConfig
 from astra_driver.engine import Engine
-from astra_driver.report.timeline import NodeFacts, TimeWindow
-from llm_converter.graph import CollectiveType, Graph, Node, NodeType
+from astra_driver.report.timeline import NodeFacts, TimeWindow, facts_of
+from llm_converter.graph import Graph, Node
 
 LINK_ID_BASE = 1 << 40  # node ids of the cluster link's KV transfers start here, apart from the iterations'
 
@@ -178,7 +178,7 @@ class NodeTimeline:
                         ctrl_deps=[d + offset for d in node.ctrl_deps],
                     )
                 )
-                fact = _facts_of(node, npu_ids)
+                fact = facts_of(node, lambda rank: _global(rank, npu_ids))
                 if fact is not None:
                     facts[node.id + offset] = fact
             position = bisect_right(self._firsts[npu], first)  # kept sorted by first id
@@ -190,29 +190,6 @@ class NodeTimeline:
     def _prefix(self, rank: int, node_id: int) -> str:
         position = bisect_right(self._firsts[rank], node_id) - 1
         return self._graphs[rank][position][0] if position >= 0 else ""
-
-
-def _facts_of(node: Node, npu_ids: Sequence[int]) -> NodeFacts | None:
-    """timeline.node_facts for one node, its peer as a cluster NPU id."""
-    kind = node.type
-    if kind == NodeType.COMM_SEND_NODE:
-        return NodeFacts(node.comm_size, _global(node.comm_dst, npu_ids), tag=node.comm_tag)
-    if kind == NodeType.COMM_RECV_NODE:
-        return NodeFacts(node.comm_size, _global(node.comm_src, npu_ids), tag=node.comm_tag)
-    if kind == NodeType.COMM_COLL_NODE:
-        return NodeFacts(node.comm_size, None, _collective(node.comm_type), node.pg_name or None)
-    if node.tensor_size is not None:
-        return NodeFacts(node.tensor_size)
-    return None
-
-
-def _collective(comm_type: int | None) -> str | None:
-    if comm_type is None:
-        return None
-    try:
-        return CollectiveType(comm_type).name
-    except ValueError:
-        return str(comm_type)
 
 
 def _global(rank: int | None, npu_ids: Sequence[int]) -> int | None:
