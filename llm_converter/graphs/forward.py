@@ -316,15 +316,7 @@ def _stage_nodes(steps: list[Step], first_id: int, pg_name: str | None) -> list[
     for step in steps:
         # Positional (id, name, type, data_deps, ctrl_deps, duration_micros, start_time_micros, is_cpu_op,
         # num_ops, tensor_size): a third faster than keywords, and compute nodes are most of the graph.
-        # Shared across iterations when the same step recurs (decode MLPs of equal batch size): see below.
-        key = (next_id, step.name, step.duration_us, step.flops, step.bytes)
-        node = _compute_nodes.get(key)
-        if node is None:
-            node = Node(next_id, step.name, _COMP, deps, [], step.duration_us, 0, False, step.flops, step.bytes)
-            if len(_compute_nodes) >= 1 << 16:
-                _compute_nodes.clear()
-            _compute_nodes[key] = node
-        append(node)
+        append(Node(next_id, step.name, _COMP, deps, [], step.duration_us, 0, False, step.flops, step.bytes))
         deps = [next_id]
         next_id += 1
         if step.comm != "none":
@@ -352,4 +344,3 @@ def _stage_nodes(steps: list[Step], first_id: int, pg_name: str | None) -> list[
 
 
 _collective_nodes: dict[tuple[int, str, str, int, str | None], Node] = {}
-_compute_nodes: dict[tuple[int, str, int, int, int], Node] = {}
