@@ -18,12 +18,13 @@ from llm_converter.errors import PipesimError
 T = TypeVar("T")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file. `data` may be
+    chunks (a generator), so a large file is never whole in memory."""
     write_all_or_none([(path, data)])
 
 
-def write_all_or_none(files: Iterable[tuple[Path, bytes]]) -> list[Path]:
+def write_all_or_none(files: Iterable[tuple[Path, bytes | Iterable[bytes]]]) -> list[Path]:
     """Write each (path, data) to a temporary file beside its path, then rename them all, with SIGINT and SIGTERM
     held back during the renames: an error or a signal before them leaves none of the files (and no temporary
     one), so the ranks of a workload never mix two runs. `files` may be a generator (one encoded file at a time)."""
@@ -45,7 +46,7 @@ def write_all_or_none(files: Iterable[tuple[Path, bytes]]) -> list[Path]:
     return [path for path, _ in staged]
 
 
-def _write_temporary(path: Path, data: bytes) -> Path:
+def _write_temporary(path: Path, data: bytes | Iterable[bytes]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -60,7 +61,11 @@ def _write_temporary(path: Path, data: bytes) -> Path:
             raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path") from None
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    handle.write(data)
+                else:
+                    for chunk in data:
+                        handle.write(chunk)
         except OSError as exc:
             raise PipesimError(f"{path}: cannot write ({exc.strerror}); choose another path or free space") from None
     except BaseException:

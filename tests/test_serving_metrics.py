@@ -101,6 +101,19 @@ def test_requests_csv(run: list[Request], tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["run.csv"]  # written atomically, no temporary left
 
 
+def test_requests_csv_written_in_chunks_has_every_row_once(tmp_path: Path) -> None:
+    """More rows than one encoded chunk (512): every request once, in order, each ITL list exact."""
+    many = [finished(i, 0, i, i, [10 * i + 5, 10 * i + 7, 10 * i + 12], 4) for i in range(1300)]
+    path = tmp_path / "many.csv"
+    write_requests_csv(path, many, {0: "m"})
+    with path.open() as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 1301 and tuple(rows[0]) == CSV_COLUMNS
+    assert [row[1] for row in rows[1:]] == [str(i) for i in range(1300)]
+    assert {row[11] for row in rows[1:]} == {"[2, 5]"}
+    assert summarize_requests(many).itl.mean == pytest.approx(3.5 / 1e6)  # pooled gaps 2 and 5 ns, in ms
+
+
 def test_summary_numbers(run: list[Request]) -> None:
     s = summarize_requests(run)
     assert s.completed == 3

@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,6 +156,12 @@ def itl_ns(request: Request) -> list[int]:
     return [times[i] - times[i - 1] for i in range(1, len(times))]
 
 
+def _gaps(request: Request) -> np.ndarray:
+    """itl_ns as an int64 array (no Python int per gap: the pooled ITL of a long run is millions of gaps)."""
+    _check_finished(request)
+    return np.diff(np.asarray(request.token_times_ns, dtype=np.int64))
+
+
 def tpot_ns_floor(request: Request) -> int:
     """LLMServingSim's TPOT column: (latency - TTFT) // (output - 1), integer ns, 0 for a one-token output."""
     if request.output_tokens <= 1:
@@ -179,27 +185,36 @@ def write_requests_csv(path: Path, requests: Iterable[Request], model_names: Map
     (LLMServingSim writes each instance's done list in turn). ITL is the list of gaps, as LLMServingSim prints
     a Python list."""
     rows = sorted(_finished(requests), key=lambda r: (r.instance_id, r.finish_ns, r.request_id))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow(
-            [
-                r.instance_id,
-                r.request_id,
-                model_names[r.instance_id],
-                r.input_tokens,
-                r.output_tokens,
-                r.arrival_ns,
-                r.finish_ns,
-                latency_ns(r),
-                queuing_delay_ns(r),
-                ttft_ns(r),
-                tpot_ns_floor(r),
-                "[" + ", ".join(str(gap) for gap in itl_ns(r)) + "]",
-            ]
-        )
-    write_atomic(path, buffer.getvalue().encode())
+
+    def chunks(rows_per_chunk: int = 512) -> Iterator[bytes]:
+        # Encoded a few hundred rows at a time: the whole file (ITL lists of every request) is never in memory.
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for index, r in enumerate(rows, start=1):
+            writer.writerow(
+                [
+                    r.instance_id,
+                    r.request_id,
+                    model_names[r.instance_id],
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.arrival_ns,
+                    r.finish_ns,
+                    latency_ns(r),
+                    queuing_delay_ns(r),
+                    ttft_ns(r),
+                    tpot_ns_floor(r),
+                    "[" + ", ".join(map(str, _gaps(r).tolist())) + "]",
+                ]
+            )
+            if index % rows_per_chunk == 0:
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue().encode()
+
+    write_atomic(path, chunks())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -582,7 +597,7 @@ def summarize_requests(
         max_concurrent_requests=_peak_concurrency(done),
         ttft=Distribution.of_ns([ttft_ns(r) for r in done]),
         tpot=Distribution.of_ns(tpots),
-        itl=Distribution.of_ns([gap for r in done for gap in itl_ns(r)]),
+        itl=Distribution.of_ns(np.concatenate([_gaps(r) for r in done]) if done else []),
         e2el=Distribution.of_ns([latency_ns(r) for r in done]),
         preemptions=sum(r.num_preemptions for r in done),
         prefix_query_tokens=prefix_query_tokens,
