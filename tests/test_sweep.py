@@ -349,3 +349,19 @@ def test_sweep_and_capacity_route_like_pipesim_run_by_default():
         if name == "routing"
     ]
     assert defaults == [RunRequest.routing] == ["least_loaded"]
+
+
+def test_capacity_takes_every_scheduler_flag_of_pipesim_run_with_its_default():
+    import inspect
+
+    from astra_driver.cli import serving_cmd, sweep_cmd
+
+    shared = (
+        "dtype", "block_size", "max_num_batched_tokens", "max_num_seqs", "num_gpu_blocks", "enable_prefix_caching",
+        "enable_chunked_prefill", "long_prefill_token_threshold", "routing", "seed", "profile_dir",
+    )  # fmt: skip
+    run = inspect.signature(serving_cmd.run).parameters
+    capacity = inspect.signature(sweep_cmd.capacity).parameters
+    for name in shared:
+        assert capacity[name].annotation == run[name].annotation, name
+        assert capacity[name].default == run[name].default == getattr(RunRequest, name, None), name

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from astra_driver.cli import app
+from astra_driver.cli import serving_flags as sf
 from astra_driver.report.gantt import DEFAULT_MAX_ROWS
 from astra_driver.report.outputs import (
     TimelineFlag,
@@ -27,7 +28,7 @@ from astra_driver.report.outputs import (
 )
 from astra_driver.report.timeline import DEFAULT_MAX_EVENTS
 from astra_driver.serving.metrics import interval_log_path
-from astra_driver.serving.run_job import DEFAULT_DTYPE, RunRequest, serve
+from astra_driver.serving.run_job import RunRequest, serve
 from astra_driver.serving.run_job import simulate as simulate_job
 
 
@@ -36,40 +37,17 @@ def run(
     cluster_config: Annotated[Path, typer.Option("--cluster-config", help="Cluster config JSON (seed format).")],
     dataset: Annotated[Path, typer.Option("--dataset", help="Requests, LLMServingSim JSONL.")],
     output: Annotated[Path | None, typer.Option("--output", help="Per-request CSV (LLMServingSim's columns).")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float16, bfloat16 or fp8.")] = DEFAULT_DTYPE,
-    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV-cache block.")] = 16,
-    max_num_batched_tokens: Annotated[
-        int | None, typer.Option("--max-num-batched-tokens", help="Token budget per step (default: vLLM 0.19's).")
-    ] = None,
-    max_num_seqs: Annotated[
-        int | None, typer.Option("--max-num-seqs", help="Running requests per instance (default: vLLM 0.19's).")
-    ] = None,
-    num_gpu_blocks: Annotated[
-        int | None, typer.Option("--num-gpu-blocks", help="KV blocks per instance (default: from NPU memory).")
-    ] = None,
-    enable_prefix_caching: Annotated[
-        bool,
-        typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="Prefix caching on token ids."),
-    ] = True,
-    enable_chunked_prefill: Annotated[
-        bool,
-        typer.Option(
-            "--enable-chunked-prefill/--no-enable-chunked-prefill",
-            help="Split long prompts over steps (vLLM v1's default); off: a prompt is one step.",
-        ),
-    ] = True,
-    long_prefill_token_threshold: Annotated[
-        int,
-        typer.Option("--long-prefill-token-threshold", help="Most prompt tokens of one request per step (0: no cap)."),
-    ] = 0,
-    routing: Annotated[
-        str,
-        typer.Option("--routing", help="least_loaded (fewest outstanding tokens), round_robin or random (--seed)."),
-    ] = "least_loaded",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random router.")] = 0,
-    profile_dir: Annotated[
-        Path | None, typer.Option("--profile-dir", help="Measured profile bundle instead of the roofline.")
-    ] = None,
+    dtype: sf.DtypeFlag = sf.DTYPE,
+    block_size: sf.BlockSizeFlag = sf.BLOCK_SIZE,
+    max_num_batched_tokens: sf.MaxNumBatchedTokensFlag = None,
+    max_num_seqs: sf.MaxNumSeqsFlag = None,
+    num_gpu_blocks: sf.NumGpuBlocksFlag = None,
+    enable_prefix_caching: sf.EnablePrefixCachingFlag = sf.ENABLE_PREFIX_CACHING,
+    enable_chunked_prefill: sf.EnableChunkedPrefillFlag = sf.ENABLE_CHUNKED_PREFILL,
+    long_prefill_token_threshold: sf.LongPrefillTokenThresholdFlag = sf.LONG_PREFILL_TOKEN_THRESHOLD,
+    routing: sf.RoutingFlag = sf.ROUTING,
+    seed: sf.SeedFlag = sf.SEED,
+    profile_dir: sf.ProfileDirFlag = None,
     log_interval: Annotated[
         float | None, typer.Option("--log-interval", help="Print a throughput line every this many simulated s.")
     ] = None,

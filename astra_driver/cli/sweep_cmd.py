@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 
 from astra_driver.cli import app
-from astra_driver.serving.run_job import DEFAULT_DTYPE, RunRequest
+from astra_driver.cli import serving_flags as sf
+from astra_driver.serving.run_job import RunRequest
 from astra_driver.sweep.capacity import Slo, find_capacity
 from astra_driver.sweep.grid import DEFAULT_MAX_STEPS, DEFAULT_RTOL
 from astra_driver.sweep.sweep import run_sweep
@@ -55,29 +56,17 @@ def capacity(
     max_steps: Annotated[int, typer.Option("--max-steps", help="Most runs of the search, bracket included.")] = (
         DEFAULT_MAX_STEPS
     ),
-    dtype: Annotated[str, typer.Option("--dtype", help="float16, bfloat16 or fp8.")] = DEFAULT_DTYPE,
-    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV-cache block.")] = 16,
-    max_num_batched_tokens: Annotated[
-        int | None, typer.Option("--max-num-batched-tokens", help="Token budget per step (default: vLLM 0.19's).")
-    ] = None,
-    max_num_seqs: Annotated[
-        int | None, typer.Option("--max-num-seqs", help="Running requests per instance (default: vLLM 0.19's).")
-    ] = None,
-    num_gpu_blocks: Annotated[
-        int | None, typer.Option("--num-gpu-blocks", help="KV blocks per instance (default: from NPU memory).")
-    ] = None,
-    enable_prefix_caching: Annotated[
-        bool,
-        typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help="Prefix caching on token ids."),
-    ] = True,
-    routing: Annotated[
-        str,
-        typer.Option("--routing", help="least_loaded (fewest outstanding tokens), round_robin or random (--seed)."),
-    ] = "least_loaded",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random router.")] = 0,
-    profile_dir: Annotated[
-        Path | None, typer.Option("--profile-dir", help="Measured profile bundle instead of the roofline.")
-    ] = None,
+    dtype: sf.DtypeFlag = sf.DTYPE,
+    block_size: sf.BlockSizeFlag = sf.BLOCK_SIZE,
+    max_num_batched_tokens: sf.MaxNumBatchedTokensFlag = None,
+    max_num_seqs: sf.MaxNumSeqsFlag = None,
+    num_gpu_blocks: sf.NumGpuBlocksFlag = None,
+    enable_prefix_caching: sf.EnablePrefixCachingFlag = sf.ENABLE_PREFIX_CACHING,
+    enable_chunked_prefill: sf.EnableChunkedPrefillFlag = sf.ENABLE_CHUNKED_PREFILL,
+    long_prefill_token_threshold: sf.LongPrefillTokenThresholdFlag = sf.LONG_PREFILL_TOKEN_THRESHOLD,
+    routing: sf.RoutingFlag = sf.ROUTING,
+    seed: sf.SeedFlag = sf.SEED,
+    profile_dir: sf.ProfileDirFlag = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the search and the run as JSON.")] = False,
 ) -> None:
     """The highest request rate (the dataset's arrivals rescaled) whose run meets a P90 TTFT/TPOT SLO."""
@@ -90,6 +79,8 @@ def capacity(
         max_num_seqs=max_num_seqs,
         num_gpu_blocks=num_gpu_blocks,
         enable_prefix_caching=enable_prefix_caching,
+        enable_chunked_prefill=enable_chunked_prefill,
+        long_prefill_token_threshold=long_prefill_token_threshold,
         routing=routing,
         seed=seed,
         profile_dir=profile_dir,
