@@ -42,16 +42,17 @@ class RunRequest:
     dataset: Path
     output: Path | None = None
     dtype: str = DEFAULT_DTYPE
-    block_size: int = 16
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int | None = None
-    num_gpu_blocks: int | None = None
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = True
-    long_prefill_token_threshold: int = 0
-    routing: str = "least_loaded"  # LLMServingSim's default (LOAD)
-    seed: int = 0
-    profile_dir: Path | None = None
+    # The scheduler's defaults are the loop's (ServingRunConfig), so a flag and the library agree.
+    block_size: int = ServingRunConfig.block_size
+    max_num_batched_tokens: int | None = ServingRunConfig.max_num_batched_tokens
+    max_num_seqs: int | None = ServingRunConfig.max_num_seqs
+    num_gpu_blocks: int | None = ServingRunConfig.num_gpu_blocks
+    enable_prefix_caching: bool = ServingRunConfig.enable_prefix_caching
+    enable_chunked_prefill: bool = ServingRunConfig.enable_chunked_prefill
+    long_prefill_token_threshold: int = ServingRunConfig.long_prefill_token_threshold
+    routing: str = ServingRunConfig.routing  # LLMServingSim's default (LOAD)
+    seed: int = ServingRunConfig.seed
+    profile_dir: Path | None = ServingRunConfig.profile_dir
     log_interval_s: float | None = None
     keep_traces: Path | None = None
     show_progress: bool | None = None  # None: on a terminal only
